@@ -1,0 +1,89 @@
+"""Checkpoints: a Hugging Face model directory (or PEFT adapter) plus the trainer state needed to resume exactly.
+
+Layout: `RUN/checkpoints/step-000010/{model/, trainer_state.pt}`. Each checkpoint is written into a hidden temporary
+directory and renamed into place, so a run killed mid-save leaves either the old set of checkpoints or the new one,
+never a half-written directory that resume would trust.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CHECKPOINTS = "checkpoints"
+
+
+def step_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / CHECKPOINTS / f"step-{step:06d}"
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    root = run_dir / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [(int(p.name.split("-")[1]), p) for p in root.glob("step-*") if (p / "trainer_state.pt").exists()]
+    return sorted(found)
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+
+
+def save(run_dir: Path, step: int, student, tokenizer, trainer_state: dict, keep: int = 0) -> Path:
+    target = step_dir(run_dir, step)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    try:
+        student.save_pretrained(tmp / "model")
+        tokenizer.save_pretrained(tmp / "model")
+        torch.save(trainer_state, tmp / "trainer_state.pt")
+        if target.exists():  # an earlier, interrupted run saved this step; the new one replaces it
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if keep:
+        for _, old in list_checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(old)
+    return target
+
+
+def load_trainer_state(path: Path) -> dict:
+    return torch.load(path / "trainer_state.pt", weights_only=False)
+
+
+def load_student_weights(student, path: Path) -> None:
+    """Load a checkpoint's weights into the already-built student (full model or PEFT adapter)."""
+    model_dir = path / "model"
+    if hasattr(student, "load_adapter") and (model_dir / "adapter_config.json").exists():
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        set_peft_model_state_dict(student, load_file(model_dir / "adapter_model.safetensors"))
+        return
+    from safetensors.torch import load_file
+
+    state = {}
+    for shard in sorted(model_dir.glob("*.safetensors")):
+        state.update(load_file(shard))
+    missing, unexpected = student.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not _is_tied(student, k)]
+    if missing or unexpected:
+        raise RuntimeError(f"checkpoint {path} does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+
+
+def _is_tied(model, key: str) -> bool:
+    head = model.get_output_embeddings()
+    return head is not None and key.endswith("weight") and head.weight is model.get_input_embeddings().weight

@@ -1,0 +1,192 @@
+"""Run configuration: frozen dataclasses, one level of nesting, TOML in, `key=value` overrides, resolved copy saved.
+
+Every field is documented here; the README's configuration reference is generated from these docstrings' comments.
+Unknown sections or keys and wrong types fail with one line naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from opcd.errors import OpcdError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    student: str = "qwen2.5-coder-0.5b-instruct"  # packaged short name, local HF directory, or hub id
+    teacher: str = "frozen"  # frozen (initial student) | live | ema | a model name/path (cross-size teacher)
+    ema_decay: float = 0.99  # teacher = ema: weight of the old teacher per step
+    dtype: Literal["bf16", "fp32"] = "bf16"  # compute dtype (autocast); trainable weights stay fp32
+    lora_rank: int = 0  # 0 = full fine-tuning; > 0 = LoRA through PEFT
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_targets: str = "all-linear"  # PEFT target_modules: "all-linear" or comma-separated module names
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    prompts: str = ""  # JSONL: {"prompt": str} or {"messages": [...]}, optional "context" per row
+    context: str = ""  # shared context for rows without their own (e.g. the system prompt to distill)
+    context_file: str = ""  # read the shared context from this file instead
+    placement: Literal["system", "user"] = "system"  # where the teacher sees the context
+    user_template: str = "{context}\n\n{prompt}"  # placement = user: the teacher's user turn
+    keep_default_system: bool = True  # keep the template's default system text on both sides (context appended)
+    system_separator: str = "\n\n"  # between the default system text and the context
+    max_prompts: int = 0  # use only the first N rows (0 = all)
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    samples_per_prompt: int = 1
+    temperature: float = 1.0  # also divides both models' logits in the loss, as in the paper
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    max_new_tokens: int = 512
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    mode: Literal["opcd", "offpolicy", "sft"] = "opcd"  # who samples and which loss (see README)
+    estimator: Literal["topk", "full", "tail", "sampled"] = "topk"  # opcd: reverse-KL estimator
+    top_k: int = 256  # topk/tail/offpolicy: size of the token set
+    renormalize: bool = False  # topk/offpolicy: renormalize both distributions on the top-k set
+    discount: float = 0.0  # sampled: 0 = per-token reward, 1 = reward-to-go (sequence-level KL)
+    reduction: Literal["token", "sequence"] = "token"  # global token mean, or per-sequence mean then batch mean
+    chunk_size: int = 64  # response positions per loss chunk (bounds logits memory)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    run_dir: str = "runs/opcd"
+    steps: int = 50
+    prompts_per_step: int = 128
+    micro_batch_size: int = 8  # sequences per forward/backward; does not change the result
+    lr: float = 5e-6
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.999
+    warmup_steps: int = 0  # linear warmup; constant LR after (the paper: none)
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    save_every: int = 2  # steps between checkpoints (0 = only the final one)
+    keep_checkpoints: int = 0  # keep only the newest N (0 = all)
+    tensorboard: bool = True
+    gradient_checkpointing: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _coerce(key: str, value, hint):
+    """Check (TOML values) or parse (CLI strings) one value against its annotation."""
+    from_cli = isinstance(value, str) and hint is not str and typing.get_origin(hint) is not Literal
+    if typing.get_origin(hint) is Literal:
+        if value not in typing.get_args(hint):
+            raise OpcdError(f"config key '{key}': {value!r} is not one of {', '.join(map(str, typing.get_args(hint)))}")
+        return value
+    if from_cli:
+        try:
+            value = json.loads(value.lower() if hint is bool else value)
+        except json.JSONDecodeError:
+            raise OpcdError(f"config key '{key}': cannot read {value!r} as {hint.__name__}") from None
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if type(value) is not hint:
+        raise OpcdError(f"config key '{key}': expected {hint.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(raw: dict, source: str) -> Config:
+    sections = {}
+    for f in dataclasses.fields(Config):
+        section_cls = typing.get_type_hints(Config)[f.name]
+        hints = typing.get_type_hints(section_cls)
+        values = raw.pop(f.name, {})
+        if not isinstance(values, dict):
+            raise OpcdError(f"{source}: '{f.name}' must be a table ([{f.name}])")
+        for key in values:
+            if key not in hints:
+                raise OpcdError(f"{source}: unknown config key '{f.name}.{key}' (known: {', '.join(hints)})")
+        sections[f.name] = section_cls(**{k: _coerce(f"{f.name}.{k}", v, hints[k]) for k, v in values.items()})
+    if raw:
+        raise OpcdError(f"{source}: unknown config section '{next(iter(raw))}'")
+    return Config(**sections)
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Read a TOML file (or start from defaults) and apply `section.key=value` overrides."""
+    raw: dict = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise OpcdError(f"config file '{path}' not found")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise OpcdError(f"config file '{path}': {e}") from None
+        source = str(path)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot:
+            raise OpcdError(f"override '{item}': write it as section.key=value, e.g. train.lr=1e-5")
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise OpcdError(f"override '{item}': '{section}' is not a section")
+        raw[section][name] = value
+    return _build(raw, source)
+
+
+def validate(cfg: Config) -> None:
+    """Cheap checks that need no model; everything that does is checked in `train` before step 1."""
+    t, r, l = cfg.train, cfg.rollout, cfg.loss
+    checks = [
+        (t.steps >= 1, "train.steps must be >= 1"),
+        (t.prompts_per_step >= 1, "train.prompts_per_step must be >= 1"),
+        (t.micro_batch_size >= 1, "train.micro_batch_size must be >= 1"),
+        (t.lr > 0, "train.lr must be > 0"),
+        (r.samples_per_prompt >= 1, "rollout.samples_per_prompt must be >= 1"),
+        (r.temperature > 0, "rollout.temperature must be > 0 (the loss divides logits by it)"),
+        (0 < r.top_p <= 1, "rollout.top_p must be in (0, 1]"),
+        (r.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1"),
+        (l.top_k >= 1, "loss.top_k must be >= 1"),
+        (0 <= l.discount <= 1, "loss.discount must be in [0, 1]"),
+        (l.chunk_size >= 1, "loss.chunk_size must be >= 1"),
+        (cfg.model.lora_rank >= 0, "model.lora_rank must be >= 0"),
+        (0 <= cfg.model.ema_decay < 1, "model.ema_decay must be in [0, 1)"),
+        (not (cfg.data.context and cfg.data.context_file), "set data.context or data.context_file, not both"),
+        ("{context}" in cfg.data.user_template and "{prompt}" in cfg.data.user_template,
+         "data.user_template must contain {context} and {prompt}"),
+        (bool(cfg.data.prompts), "data.prompts is not set: give a JSONL file of prompts"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise OpcdError(message)
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    """Write the resolved config as TOML (atomic), so a run directory says exactly what ran."""
+    lines = []
+    for section, values in cfg.to_dict().items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+        lines.append("")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines))
+    tmp.replace(path)

@@ -1,0 +1,86 @@
+"""Training examples: a user's messages plus the context the teacher sees.
+
+A prompts file is JSONL, one example per line: `{"prompt": "..."}` or `{"messages": [{"role": ..., "content": ...}]}`,
+with an optional `"context"` that overrides the shared one (per-prompt contexts, e.g. one experience set per problem).
+Blank lines are skipped; anything else malformed fails with `file:line` and the reason.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from opcd.config import DataConfig
+from opcd.errors import OpcdError
+
+ROLES = {"system", "user", "assistant"}
+
+
+@dataclass(frozen=True)
+class Example:
+    messages: list[dict]
+    context: str
+    source: str  # "file:line", for error messages
+
+
+def _messages(row: dict, where: str) -> list[dict]:
+    if "messages" in row:
+        msgs = row["messages"]
+        if not isinstance(msgs, list) or not msgs:
+            raise OpcdError(f"{where}: 'messages' must be a non-empty list")
+        for m in msgs:
+            if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+                raise OpcdError(f"{where}: each message needs a role ({'/'.join(sorted(ROLES))}) and string content")
+        if msgs[-1]["role"] != "user":
+            raise OpcdError(f"{where}: the last message must be the user's (the model answers it)")
+        return [{"role": m["role"], "content": m["content"]} for m in msgs]
+    prompt = row.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise OpcdError(f"{where}: needs a non-empty string 'prompt' or a 'messages' list")
+    return [{"role": "user", "content": prompt}]
+
+
+def shared_context(data: DataConfig) -> str:
+    if data.context_file:
+        path = Path(data.context_file)
+        if not path.is_file():
+            raise OpcdError(f"data.context_file '{path}' not found")
+        return path.read_text()
+    return data.context
+
+
+def read_jsonl(path: Path) -> list[tuple[str, dict]]:
+    """(file:line, row) for every non-blank line; a malformed line fails with its location."""
+    if not path.is_file():
+        raise OpcdError(f"prompts file '{path}' not found")
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise OpcdError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(row, dict):
+            raise OpcdError(f"{where}: each line must be a JSON object")
+        rows.append((where, row))
+    return rows
+
+
+def load_examples(data: DataConfig) -> list[Example]:
+    default = shared_context(data)
+    examples = []
+    for where, row in read_jsonl(Path(data.prompts)):
+        context = row.get("context", default)
+        if not isinstance(context, str) or not context.strip():
+            raise OpcdError(
+                f"{where}: the context is empty: set data.context / data.context_file or a 'context' field on the row"
+            )
+        examples.append(Example(_messages(row, where), context, where))
+        if data.max_prompts and len(examples) == data.max_prompts:
+            break
+    if not examples:
+        raise OpcdError(f"prompts file '{data.prompts}' has no examples")
+    return examples

@@ -1,0 +1,82 @@
+"""Rollouts: sample responses to token-id prompts. Hugging Face `generate` is the default (and CPU) backend.
+
+A `Sampler` speaks token ids only. Responses are cut after the first EOS (kept: the model must learn to stop) and
+padding is dropped, so a response is exactly the tokens the model produced. Sampling uses *only* the settings given
+here: the model's own `generation_config` (Qwen's ships repetition_penalty and top_k) would make the samples come
+from a distribution other than the one the loss assumes.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from opcd.config import RolloutConfig
+
+
+@dataclass
+class Rollout:
+    example: int  # index into the run's examples
+    student_prompt: list[int]
+    teacher_prompt: list[int]
+    response: list[int]
+    finished: bool  # ended with EOS (False: cut at max_new_tokens)
+
+
+class Sampler(Protocol):
+    def generate(self, prompts: list[list[int]], seed: int) -> list[tuple[list[int], bool]]:
+        """One (response ids, finished) per prompt."""
+
+
+def cut_at_eos(tokens: list[int], eos_ids: set[int]) -> tuple[list[int], bool]:
+    for i, tok in enumerate(tokens):
+        if tok in eos_ids:
+            return tokens[: i + 1], True
+    return tokens, False
+
+
+def autocast(dtype: str):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
+
+
+class HFSampler:
+    """Batched sampling with `model.generate`, prompts left-padded in one batch per call."""
+
+    def __init__(self, model, rollout: RolloutConfig, eos_ids: set[int], pad_id: int, dtype: str, batch_size: int):
+        from transformers import GenerationConfig
+
+        self.model = model
+        self.eos_ids = eos_ids
+        self.pad_id = pad_id
+        self.dtype = dtype
+        self.batch_size = batch_size
+        self.config = GenerationConfig(
+            do_sample=True,
+            temperature=rollout.temperature,
+            top_p=rollout.top_p,
+            top_k=rollout.top_k,
+            max_new_tokens=rollout.max_new_tokens,
+            eos_token_id=sorted(eos_ids),
+            pad_token_id=pad_id,
+            repetition_penalty=1.0,
+        )
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], seed: int) -> list[tuple[list[int], bool]]:
+        torch.manual_seed(seed)
+        was_training = self.model.training
+        self.model.eval()
+        results = []
+        for start in range(0, len(prompts), self.batch_size):
+            group = prompts[start : start + self.batch_size]
+            width = max(map(len, group))
+            ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in group])
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in group])
+            with autocast(self.dtype):
+                out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=self.config)
+            results += [cut_at_eos(row[width:].tolist(), self.eos_ids) for row in out]
+        self.model.train(was_training)
+        return results

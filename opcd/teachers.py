@@ -1,0 +1,98 @@
+"""Teachers: who scores the student's response with the context in view.
+
+- `frozen` (default, the paper's): the initial student, frozen. Under LoRA it is the student with its adapter
+  disabled, so it costs no memory; under full fine-tuning, a frozen copy in the compute dtype.
+- a model name or path: a different (larger) model of the same tokenizer family, checked at start-up.
+- `live`: the current student itself (the paper's self-distillation ablation; can diverge).
+- `ema`: an exponential moving average of the student (suggested, untested in the paper).
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+
+import torch
+
+from opcd import models
+from opcd.config import ModelConfig
+from opcd.errors import OpcdError
+from opcd.rollout import autocast
+from opcd.scoring import Batch, response_hidden
+
+
+class Teacher:
+    """Holds the model that plays teacher; `active()` yields it in eval mode with any adapter switched off."""
+
+    def __init__(self, model, *, student=None, adapter_off: bool = False, ema_decay: float | None = None):
+        self.model = model
+        self.student = student
+        self.adapter_off = adapter_off
+        self.ema_decay = ema_decay
+
+    @contextmanager
+    def active(self):
+        model = self.model
+        was_training = model.training
+        model.eval()
+        try:
+            if self.adapter_off:
+                with model.disable_adapter():
+                    yield model
+            else:
+                yield model
+        finally:
+            model.train(was_training)
+
+    @torch.no_grad()
+    def hidden(self, batch: Batch, dtype: str) -> torch.Tensor:
+        with self.active() as model, autocast(dtype):
+            return response_hidden(model, batch)
+
+    @torch.no_grad()
+    def head(self, hidden: torch.Tensor, dtype: str) -> torch.Tensor:
+        with self.active() as model, autocast(dtype):
+            return model.get_output_embeddings()(hidden)
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """EMA teachers move toward the student after every optimizer step."""
+        if self.ema_decay is None:
+            return
+        for t, s in zip(self.model.parameters(), self.student.parameters(), strict=True):
+            t.lerp_(s.detach().to(t.dtype), 1.0 - self.ema_decay)
+
+    def state_dict(self) -> dict:
+        return self.model.state_dict() if self.ema_decay is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.ema_decay is not None:
+            self.model.load_state_dict(state)
+
+
+def _frozen_copy(student, dtype: str):
+    teacher = copy.deepcopy(student).to(models.DTYPES[dtype])
+    return teacher.eval().requires_grad_(False)
+
+
+def build_teacher(cfg: ModelConfig, student, student_tokenizer) -> Teacher:
+    lora = cfg.lora_rank > 0
+    if cfg.teacher == "frozen":
+        if lora:
+            return Teacher(student, adapter_off=True)
+        return Teacher(_frozen_copy(student, cfg.dtype))
+    if cfg.teacher == "live":
+        return Teacher(student)
+    if cfg.teacher == "ema":
+        if lora:
+            raise OpcdError("model.teacher = 'ema' needs full fine-tuning: set model.lora_rank = 0")
+        return Teacher(_frozen_copy(student, cfg.dtype), student=student, ema_decay=cfg.ema_decay)
+    teacher_tokenizer = models.load_tokenizer(cfg.teacher)
+    models.check_compatible(student_tokenizer, teacher_tokenizer, cfg.student, cfg.teacher)
+    model = models.load_model(cfg.teacher, cfg.dtype).eval().requires_grad_(False)
+    if models.vocab_rows(model) != models.vocab_rows(student):
+        raise OpcdError(
+            f"teacher '{cfg.teacher}' has {models.vocab_rows(model)} output rows, student '{cfg.student}' has "
+            f"{models.vocab_rows(student)}: the logits must cover the same vocabulary"
+        )
+    return Teacher(model)

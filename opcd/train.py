@@ -1,0 +1,230 @@
+"""The training loop, top to bottom: sample -> score -> loss -> optimizer step -> log/save.
+
+Per step: draw `prompts_per_step` examples (a seeded permutation per epoch, so any step's batch is known from the seed
+alone), sample responses (the student for OPCD, the teacher with context for the off-policy baselines), score the same
+response tokens under the teacher's prompt, and backpropagate the per-token loss micro-batch by micro-batch. The loss
+weights use the token/sequence counts of the *whole* step, so the update does not depend on the micro-batch size.
+Every step reseeds from (seed, step), which together with the saved optimizer state makes resume exact.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from opcd import checkpoint, models, objectives
+from opcd.config import Config, ModelConfig, save_config, validate
+from opcd.data import load_examples
+from opcd.errors import OpcdError
+from opcd.losses import backward_chunked, reduction_weights, reward_to_go
+from opcd.metrics import MetricsLog
+from opcd.prompts import PromptRenderer, check_lengths
+from opcd.rollout import HFSampler, Rollout, autocast
+from opcd.scoring import make_batch, response_hidden
+from opcd.teachers import Teacher, build_teacher
+
+
+def build_student(cfg: ModelConfig):
+    """Full fine-tuning keeps fp32 master weights (compute runs in bf16 autocast); LoRA trains fp32 adapters on a
+    frozen base held in the compute dtype."""
+    if cfg.lora_rank == 0:
+        return models.load_model(cfg.student, "fp32").train()
+    from peft import LoraConfig, get_peft_model
+
+    base = models.load_model(cfg.student, cfg.dtype)
+    targets = cfg.lora_targets if cfg.lora_targets == "all-linear" else [t.strip() for t in cfg.lora_targets.split(",")]
+    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets)
+    return get_peft_model(base, lora).train()
+
+
+def eos_ids(tokenizer, model) -> set[int]:
+    ids = {tokenizer.eos_token_id}
+    extra = model.generation_config.eos_token_id
+    ids.update(extra if isinstance(extra, list) else [extra] if extra is not None else [])
+    return ids
+
+
+def step_seed(seed: int, step: int) -> int:
+    return seed * 1_000_003 + step
+
+
+def batch_indices(n_examples: int, batch: int, seed: int, step: int) -> list[int]:
+    """Examples of step `step` (1-based): a window over back-to-back seeded permutations of the data."""
+    out = []
+    for i in range((step - 1) * batch, step * batch):
+        epoch, j = divmod(i, n_examples)
+        perm = torch.randperm(n_examples, generator=torch.Generator().manual_seed(step_seed(seed, -1 - epoch)))
+        out.append(int(perm[j]))
+    return out
+
+
+def _start(run_dir: Path, cfg: Config, resume: bool) -> tuple[int, dict | None, Path | None]:
+    found = checkpoint.list_checkpoints(run_dir)
+    if found and not resume:
+        raise OpcdError(f"{run_dir} already holds checkpoints: pass --resume to continue, or choose another train.run_dir")
+    if not (resume and found):
+        return 0, None, None
+    step, path = found[-1]
+    state = checkpoint.load_trainer_state(path)
+    saved, now = state["config"], cfg.to_dict()
+    may_differ = {("train", "steps"), ("train", "save_every"), ("train", "keep_checkpoints"), ("train", "tensorboard")}
+    changed = [f"{s}.{k}" for s in now for k in now[s] if now[s][k] != saved[s][k] and (s, k) not in may_differ]
+    if changed:
+        raise OpcdError(f"cannot resume {run_dir}: config changed since the checkpoint ({', '.join(changed)})")
+    return step, state, path
+
+
+def _sample(mode: objectives.Mode, cfg: Config, student, teacher: Teacher, tokenizer, eos, pairs, idx, seed):
+    """Responses for the drawn examples: the student answers its own prompt, or the teacher answers with context."""
+    if mode.sampler == "student":
+        prompts = [pairs[i].student_ids for i in idx]
+        outs = HFSampler(student, cfg.rollout, eos, tokenizer.pad_token_id, cfg.model.dtype, cfg.train.micro_batch_size)
+        results = outs.generate(prompts, seed)
+    else:
+        prompts = [pairs[i].teacher_ids for i in idx]
+        with teacher.active() as model:
+            sampler = HFSampler(model, cfg.rollout, eos, tokenizer.pad_token_id, cfg.model.dtype, cfg.train.micro_batch_size)
+            results = sampler.generate(prompts, seed)
+    return [
+        Rollout(i, pairs[i].student_ids, pairs[i].teacher_ids, response, finished)
+        for i, (response, finished) in zip(idx, results, strict=True)
+    ]
+
+
+def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
+    """Train the student as `cfg` says; returns the run directory (checkpoints, metrics.jsonl, config.toml)."""
+    validate(cfg)
+    run_dir = Path(cfg.train.run_dir)
+    start_step, state, resumed_from = _start(run_dir, cfg, resume)
+    mode = objectives.MODES[cfg.loss.mode]
+    tokenizer = models.load_tokenizer(cfg.model.student)
+    examples = load_examples(cfg.data)
+    renderer = PromptRenderer(tokenizer, cfg.data)
+    pairs = [renderer.render(e.messages, e.context) for e in examples]
+    student = build_student(cfg.model)
+    limit = getattr(student.config, "max_position_embeddings", None) or 10**9
+    check_lengths(pairs, [e.source for e in examples], limit, cfg.rollout.max_new_tokens)
+    teacher = build_teacher(cfg.model, student, tokenizer)
+    if cfg.train.gradient_checkpointing:
+        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    params = [p for p in student.parameters() if p.requires_grad]
+    t = cfg.train
+    optimizer = torch.optim.AdamW(params, lr=t.lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay)
+    if state is not None:
+        checkpoint.load_student_weights(student, resumed_from)
+        optimizer.load_state_dict(state["optimizer"])
+        teacher.load_state_dict(state["teacher"])
+        checkpoint.set_rng_state(state["rng"])
+        print(f"opcd: resuming {run_dir} from step {start_step}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.toml")
+    log = MetricsLog(run_dir, start_step, tensorboard=t.tensorboard)
+    eos = eos_ids(tokenizer, student)
+    temp, dtype, chunk = cfg.rollout.temperature, cfg.model.dtype, cfg.loss.chunk_size
+    token_loss = objectives.token_loss(cfg.loss, temp)
+    head = student.get_output_embeddings()
+    timers: dict[str, float] = defaultdict(float)
+
+    def student_head(hidden):
+        with autocast(dtype):
+            return head(hidden)
+
+    def teacher_head(hidden):
+        began = time.perf_counter()
+        logits = teacher.head(hidden, dtype)
+        timers["teacher"] += time.perf_counter() - began
+        return logits
+
+    bar = tqdm(range(start_step + 1, t.steps + 1), desc="opcd train", unit="step", disable=not progress,
+               initial=start_step, total=t.steps)
+    for step in bar:
+        timers.clear()
+        step_began = time.perf_counter()
+        torch.manual_seed(step_seed(t.seed, step))
+        idx = batch_indices(len(examples), t.prompts_per_step, t.seed, step)
+        idx = [i for i in idx for _ in range(cfg.rollout.samples_per_prompt)]
+        rollouts = _sample(mode, cfg, student, teacher, tokenizer, eos, pairs, idx, step_seed(t.seed, step))
+        timers["generate"] = time.perf_counter() - step_began
+        total_tokens = sum(len(r.response) for r in rollouts)
+        sums: dict[str, float] = defaultdict(float)
+
+        def diagnose(s_logits, t_logits, pos, mask):
+            """Full-vocabulary reverse KL and the student's top-k mass on this chunk (logged, not trained on)."""
+            logp_s = torch.log_softmax(s_logits.float() / temp, -1)
+            sums["topk_mass"] += (logp_s.exp().topk(min(cfg.loss.top_k, logp_s.shape[-1]), -1).values.sum(-1) * mask[:, pos]).sum().item()
+            if t_logits is not None:
+                logp_t = torch.log_softmax(t_logits.float() / temp, -1)
+                kl = (logp_s.exp() * (logp_s - logp_t)).sum(-1)
+                sums["kl_full"] += (kl * mask[:, pos]).sum().item()
+
+        for start in range(0, len(rollouts), t.micro_batch_size):
+            micro = rollouts[start : start + t.micro_batch_size]
+            responses = [r.response for r in micro]
+            s_batch = make_batch([r.student_prompt for r in micro], responses, tokenizer.pad_token_id)
+            mask = s_batch.response_mask
+            weights = reduction_weights(mask, cfg.loss.reduction, total_tokens=total_tokens, total_sequences=len(rollouts))
+            t_hidden = None
+            if mode.uses_teacher_logits:
+                began = time.perf_counter()
+                t_batch = make_batch([r.teacher_prompt for r in micro], responses, tokenizer.pad_token_id)
+                t_hidden = teacher.hidden(t_batch, dtype)
+                timers["teacher"] += time.perf_counter() - began
+            began, teacher_before = time.perf_counter(), timers["teacher"]
+            with autocast(dtype):
+                s_hidden = response_hidden(student, s_batch)
+            loss_fn = token_loss
+            if objectives.needs_returns(cfg.loss):
+                rewards = backward_chunked(s_hidden.detach(), t_hidden, student_head, teacher_head,
+                                           s_batch.response_ids, weights, objectives.sampled_reward(temp), chunk)
+                loss_fn = objectives.sampled_with_returns(reward_to_go(rewards, mask, cfg.loss.discount), temp)
+            values = backward_chunked(s_hidden, t_hidden, student_head, teacher_head, s_batch.response_ids, weights,
+                                      loss_fn, chunk, on_chunk=lambda s, tl, pos: diagnose(s, tl, pos, mask))
+            sums["loss"] += (values * weights).sum().item()
+            timers["student"] += time.perf_counter() - began - (timers["teacher"] - teacher_before)
+
+        began = time.perf_counter()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm > 0 else math.inf)
+        finite = bool(torch.isfinite(grad_norm))
+        lr = t.lr * min(1.0, step / t.warmup_steps) if t.warmup_steps else t.lr
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        if finite:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        teacher.after_step()
+        timers["optimizer"] = time.perf_counter() - began
+        step_time = time.perf_counter() - step_began
+
+        metrics = {
+            "loss/value": sums["loss"],
+            "kl/reverse_full": sums["kl_full"] / max(total_tokens, 1),
+            "kl/topk_mass": sums["topk_mass"] / max(total_tokens, 1),
+            "rollout/response_tokens": total_tokens / len(rollouts),
+            "rollout/truncated": sum(not r.finished for r in rollouts) / len(rollouts),
+            "optim/grad_norm": float(grad_norm),
+            "optim/lr": lr,
+            "optim/skipped": float(not finite),
+            **{f"time/{k}": v for k, v in timers.items()},
+            "time/other": step_time - sum(timers.values()),
+            "time/step": step_time,
+        }
+        if not mode.uses_teacher_logits:
+            del metrics["kl/reverse_full"]
+        log.log(step, metrics)
+        bar.set_postfix(kl=f"{metrics.get('kl/reverse_full', float('nan')):.4f}", loss=f"{sums['loss']:.4f}")
+        if (t.save_every and step % t.save_every == 0) or step == t.steps:
+            trainer_state = {
+                "step": step,
+                "optimizer": optimizer.state_dict(),
+                "rng": checkpoint.rng_state(),
+                "teacher": teacher.state_dict(),
+                "config": cfg.to_dict(),
+            }
+            checkpoint.save(run_dir, step, student, tokenizer, trainer_state, keep=t.keep_checkpoints)
+    log.close()
+    return run_dir
