@@ -81,7 +81,9 @@ def load_student_weights(student, path: Path) -> None:
     missing, unexpected = student.load_state_dict(state, strict=False)
     missing = [k for k in missing if not _is_tied(student, k)]
     if missing or unexpected:
-        raise RuntimeError(f"checkpoint {path} does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise RuntimeError(
+            f"checkpoint {path} does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
 
 
 def _is_tied(model, key: str) -> bool:

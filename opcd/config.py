@@ -48,6 +48,7 @@ class RolloutConfig:
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
     max_new_tokens: int = 512
+    batch_size: int = 0  # prompts per generate call (0 = the whole step at once); changes the samples drawn
 
 
 @dataclass(frozen=True)
@@ -92,9 +93,15 @@ class Config:
         return dataclasses.asdict(self)
 
 
+class _FromCli(str):
+    """A value typed on the command line: parsed as JSON (numbers, true/false) unless the field is a string."""
+
+
 def _coerce(key: str, value, hint):
     """Check (TOML values) or parse (CLI strings) one value against its annotation."""
-    from_cli = isinstance(value, str) and hint is not str and typing.get_origin(hint) is not Literal
+    from_cli = isinstance(value, _FromCli) and hint is not str and typing.get_origin(hint) is not Literal
+    if isinstance(value, _FromCli):
+        value = str(value)
     if typing.get_origin(hint) is Literal:
         if value not in typing.get_args(hint):
             raise OpcdError(f"config key '{key}': {value!r} is not one of {', '.join(map(str, typing.get_args(hint)))}")
@@ -149,7 +156,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         raw.setdefault(section, {})
         if not isinstance(raw[section], dict):
             raise OpcdError(f"override '{item}': '{section}' is not a section")
-        raw[section][name] = value
+        raw[section][name] = _FromCli(value)
     return _build(raw, source)
 
 
@@ -165,14 +172,17 @@ def validate(cfg: Config) -> None:
         (r.temperature > 0, "rollout.temperature must be > 0 (the loss divides logits by it)"),
         (0 < r.top_p <= 1, "rollout.top_p must be in (0, 1]"),
         (r.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1"),
+        (r.batch_size >= 0, "rollout.batch_size must be >= 0"),
         (l.top_k >= 1, "loss.top_k must be >= 1"),
         (0 <= l.discount <= 1, "loss.discount must be in [0, 1]"),
         (l.chunk_size >= 1, "loss.chunk_size must be >= 1"),
         (cfg.model.lora_rank >= 0, "model.lora_rank must be >= 0"),
         (0 <= cfg.model.ema_decay < 1, "model.ema_decay must be in [0, 1)"),
         (not (cfg.data.context and cfg.data.context_file), "set data.context or data.context_file, not both"),
-        ("{context}" in cfg.data.user_template and "{prompt}" in cfg.data.user_template,
-         "data.user_template must contain {context} and {prompt}"),
+        (
+            "{context}" in cfg.data.user_template and "{prompt}" in cfg.data.user_template,
+            "data.user_template must contain {context} and {prompt}",
+        ),
         (bool(cfg.data.prompts), "data.prompts is not set: give a JSONL file of prompts"),
     ]
     for ok, message in checks:

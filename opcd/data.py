@@ -50,6 +50,20 @@ def shared_context(data: DataConfig) -> str:
     return data.context
 
 
+BUNDLED = Path(__file__).parent / "assets" / "prompts"
+
+
+def resolve_path(name: str) -> Path:
+    """`opcd:NAME` is a prompt set bundled with the package (see `opcd/assets/prompts/`); anything else a file."""
+    if name.startswith("opcd:"):
+        path = BUNDLED / f"{name[5:]}.jsonl"
+        if not path.is_file():
+            known = ", ".join(f"opcd:{p.stem}" for p in sorted(BUNDLED.glob("*.jsonl")))
+            raise OpcdError(f"no bundled prompt set '{name}' (bundled: {known})")
+        return path
+    return Path(name)
+
+
 def read_jsonl(path: Path) -> list[tuple[str, dict]]:
     """(file:line, row) for every non-blank line; a malformed line fails with its location."""
     if not path.is_file():
@@ -72,7 +86,7 @@ def read_jsonl(path: Path) -> list[tuple[str, dict]]:
 def load_examples(data: DataConfig) -> list[Example]:
     default = shared_context(data)
     examples = []
-    for where, row in read_jsonl(Path(data.prompts)):
+    for where, row in read_jsonl(resolve_path(data.prompts)):
         context = row.get("context", default)
         if not isinstance(context, str) or not context.strip():
             raise OpcdError(

@@ -10,7 +10,8 @@ full-vocabulary `log_softmax(logits / temperature)` (in fp32), gathered afterwar
 from __future__ import annotations
 
 import math
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F

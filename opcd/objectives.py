@@ -9,7 +9,7 @@ A mode says who samples the response and which per-token loss trains the student
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 from torch import Tensor
 
@@ -67,4 +67,3 @@ def sampled_with_returns(returns: Tensor, temperature: float) -> losses.TokenLos
 
 def needs_returns(cfg: LossConfig) -> bool:
     return cfg.mode == "opcd" and cfg.estimator == "sampled" and cfg.discount > 0
-

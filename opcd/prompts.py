@@ -56,7 +56,9 @@ class PromptRenderer:
         messages = [dict(m) for m in messages]
         if self.data.placement == "user":
             last = max(i for i, m in enumerate(messages) if m["role"] == "user")
-            messages[last]["content"] = self.data.user_template.format(context=context, prompt=messages[last]["content"])
+            messages[last]["content"] = self.data.user_template.format(
+                context=context, prompt=messages[last]["content"]
+            )
             return messages
         sep = self.data.system_separator
         if messages and messages[0]["role"] == "system":

@@ -45,19 +45,20 @@ def autocast(dtype: str):
 class HFSampler:
     """Batched sampling with `model.generate`, prompts left-padded in one batch per call."""
 
-    def __init__(self, model, rollout: RolloutConfig, eos_ids: set[int], pad_id: int, dtype: str, batch_size: int):
+    def __init__(self, model, rollout: RolloutConfig, eos_ids: set[int], pad_id: int, dtype: str):
         from transformers import GenerationConfig
 
         self.model = model
         self.eos_ids = eos_ids
         self.pad_id = pad_id
         self.dtype = dtype
-        self.batch_size = batch_size
+        self.batch_size = rollout.batch_size
+        greedy = rollout.temperature == 0  # evaluation only; training validates temperature > 0
         self.config = GenerationConfig(
-            do_sample=True,
-            temperature=rollout.temperature,
-            top_p=rollout.top_p,
-            top_k=rollout.top_k,
+            do_sample=not greedy,
+            temperature=None if greedy else rollout.temperature,
+            top_p=None if greedy else rollout.top_p,
+            top_k=None if greedy else rollout.top_k,
             max_new_tokens=rollout.max_new_tokens,
             eos_token_id=sorted(eos_ids),
             pad_token_id=pad_id,
@@ -70,8 +71,9 @@ class HFSampler:
         was_training = self.model.training
         self.model.eval()
         results = []
-        for start in range(0, len(prompts), self.batch_size):
-            group = prompts[start : start + self.batch_size]
+        size = self.batch_size or len(prompts)
+        for start in range(0, len(prompts), size):
+            group = prompts[start : start + size]
             width = max(map(len, group))
             ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in group])
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in group])

@@ -66,7 +66,9 @@ def batch_indices(n_examples: int, batch: int, seed: int, step: int) -> list[int
 def _start(run_dir: Path, cfg: Config, resume: bool) -> tuple[int, dict | None, Path | None]:
     found = checkpoint.list_checkpoints(run_dir)
     if found and not resume:
-        raise OpcdError(f"{run_dir} already holds checkpoints: pass --resume to continue, or choose another train.run_dir")
+        raise OpcdError(
+            f"{run_dir} already holds checkpoints: pass --resume to continue, or choose another train.run_dir"
+        )
     if not (resume and found):
         return 0, None, None
     step, path = found[-1]
@@ -83,17 +85,32 @@ def _sample(mode: objectives.Mode, cfg: Config, student, teacher: Teacher, token
     """Responses for the drawn examples: the student answers its own prompt, or the teacher answers with context."""
     if mode.sampler == "student":
         prompts = [pairs[i].student_ids for i in idx]
-        outs = HFSampler(student, cfg.rollout, eos, tokenizer.pad_token_id, cfg.model.dtype, cfg.train.micro_batch_size)
-        results = outs.generate(prompts, seed)
+        results = HFSampler(student, cfg.rollout, eos, tokenizer.pad_token_id, cfg.model.dtype).generate(prompts, seed)
     else:
         prompts = [pairs[i].teacher_ids for i in idx]
         with teacher.active() as model:
-            sampler = HFSampler(model, cfg.rollout, eos, tokenizer.pad_token_id, cfg.model.dtype, cfg.train.micro_batch_size)
-            results = sampler.generate(prompts, seed)
+            results = HFSampler(model, cfg.rollout, eos, tokenizer.pad_token_id, cfg.model.dtype).generate(
+                prompts, seed
+            )
     return [
         Rollout(i, pairs[i].student_ids, pairs[i].teacher_ids, response, finished)
         for i, (response, finished) in zip(idx, results, strict=True)
     ]
+
+
+def _diagnostics(sums: dict[str, float], mask: torch.Tensor, temp: float, top_k: int):
+    """Per chunk: the full-vocabulary reverse KL and the student's top-k mass (logged, never trained on)."""
+
+    @torch.no_grad()
+    def on_chunk(s_logits, t_logits, pos):
+        logp_s = torch.log_softmax(s_logits.float() / temp, -1)
+        valid = mask[:, pos]
+        sums["topk_mass"] += (logp_s.exp().topk(min(top_k, logp_s.shape[-1]), -1).values.sum(-1) * valid).sum().item()
+        if t_logits is not None:
+            logp_t = torch.log_softmax(t_logits.float() / temp, -1)
+            sums["kl_full"] += ((logp_s.exp() * (logp_s - logp_t)).sum(-1) * valid).sum().item()
+
+    return on_chunk
 
 
 def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
@@ -111,7 +128,8 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
     check_lengths(pairs, [e.source for e in examples], limit, cfg.rollout.max_new_tokens)
     teacher = build_teacher(cfg.model, student, tokenizer)
     if cfg.train.gradient_checkpointing:
-        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable = getattr(student, "activation_checkpointing_enable", None) or student.gradient_checkpointing_enable
+        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     params = [p for p in student.parameters() if p.requires_grad]
     t = cfg.train
     optimizer = torch.optim.AdamW(params, lr=t.lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay)
@@ -140,8 +158,14 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
         timers["teacher"] += time.perf_counter() - began
         return logits
 
-    bar = tqdm(range(start_step + 1, t.steps + 1), desc="opcd train", unit="step", disable=not progress,
-               initial=start_step, total=t.steps)
+    bar = tqdm(
+        range(start_step + 1, t.steps + 1),
+        desc="opcd train",
+        unit="step",
+        disable=not progress,
+        initial=start_step,
+        total=t.steps,
+    )
     for step in bar:
         timers.clear()
         step_began = time.perf_counter()
@@ -153,21 +177,14 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
         total_tokens = sum(len(r.response) for r in rollouts)
         sums: dict[str, float] = defaultdict(float)
 
-        def diagnose(s_logits, t_logits, pos, mask):
-            """Full-vocabulary reverse KL and the student's top-k mass on this chunk (logged, not trained on)."""
-            logp_s = torch.log_softmax(s_logits.float() / temp, -1)
-            sums["topk_mass"] += (logp_s.exp().topk(min(cfg.loss.top_k, logp_s.shape[-1]), -1).values.sum(-1) * mask[:, pos]).sum().item()
-            if t_logits is not None:
-                logp_t = torch.log_softmax(t_logits.float() / temp, -1)
-                kl = (logp_s.exp() * (logp_s - logp_t)).sum(-1)
-                sums["kl_full"] += (kl * mask[:, pos]).sum().item()
-
         for start in range(0, len(rollouts), t.micro_batch_size):
             micro = rollouts[start : start + t.micro_batch_size]
             responses = [r.response for r in micro]
             s_batch = make_batch([r.student_prompt for r in micro], responses, tokenizer.pad_token_id)
             mask = s_batch.response_mask
-            weights = reduction_weights(mask, cfg.loss.reduction, total_tokens=total_tokens, total_sequences=len(rollouts))
+            weights = reduction_weights(
+                mask, cfg.loss.reduction, total_tokens=total_tokens, total_sequences=len(rollouts)
+            )
             t_hidden = None
             if mode.uses_teacher_logits:
                 began = time.perf_counter()
@@ -179,11 +196,28 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
                 s_hidden = response_hidden(student, s_batch)
             loss_fn = token_loss
             if objectives.needs_returns(cfg.loss):
-                rewards = backward_chunked(s_hidden.detach(), t_hidden, student_head, teacher_head,
-                                           s_batch.response_ids, weights, objectives.sampled_reward(temp), chunk)
+                rewards = backward_chunked(
+                    s_hidden.detach(),
+                    t_hidden,
+                    student_head,
+                    teacher_head,
+                    s_batch.response_ids,
+                    weights,
+                    objectives.sampled_reward(temp),
+                    chunk,
+                )
                 loss_fn = objectives.sampled_with_returns(reward_to_go(rewards, mask, cfg.loss.discount), temp)
-            values = backward_chunked(s_hidden, t_hidden, student_head, teacher_head, s_batch.response_ids, weights,
-                                      loss_fn, chunk, on_chunk=lambda s, tl, pos: diagnose(s, tl, pos, mask))
+            values = backward_chunked(
+                s_hidden,
+                t_hidden,
+                student_head,
+                teacher_head,
+                s_batch.response_ids,
+                weights,
+                loss_fn,
+                chunk,
+                on_chunk=_diagnostics(sums, mask, temp, cfg.loss.top_k),
+            )
             sums["loss"] += (values * weights).sum().item()
             timers["student"] += time.perf_counter() - began - (timers["teacher"] - teacher_before)
 

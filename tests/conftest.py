@@ -13,8 +13,13 @@ from opcd import models
 TOY_CONTEXT = "Always answer like a pirate and start with 'Arr!'."
 
 
-def make_tiny_model(path: Path, tokenizer, *, hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
-    """A randomly initialised Llama with the given tokenizer's vocabulary, saved as a HF directory."""
+def make_tiny_model(
+    path: Path, tokenizer, *, hidden: int = 32, layers: int = 2, seed: int = 0, init_std: float = 0.2
+) -> Path:
+    """A randomly initialised Llama with the given tokenizer's vocabulary, saved as a HF directory.
+
+    The large init makes its next-token distributions peaked and sensitive to the prompt (at the usual 0.02 they
+    are almost uniform, and the context barely moves them), so a context gives the teacher something to teach."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -26,6 +31,7 @@ def make_tiny_model(path: Path, tokenizer, *, hidden: int = 32, layers: int = 2,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=4096,
+        initializer_range=init_std,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -55,9 +61,17 @@ def tiny_model(tmp_path_factory, smol_tokenizer) -> Path:
 @pytest.fixture(scope="session")
 def prompts_file(tmp_path_factory) -> Path:
     questions = [
-        "What is the capital of France?", "How do plants make food?", "Give me a tip for sleeping well.",
-        "What is 12 times 7?", "Why is the sky blue?", "How do I boil an egg?", "What is a prime number?",
-        "Name a famous painter.", "How far is the Moon?", "What does a compiler do?", "How do bees make honey?",
+        "What is the capital of France?",
+        "How do plants make food?",
+        "Give me a tip for sleeping well.",
+        "What is 12 times 7?",
+        "Why is the sky blue?",
+        "How do I boil an egg?",
+        "What is a prime number?",
+        "Name a famous painter.",
+        "How far is the Moon?",
+        "What does a compiler do?",
+        "How do bees make honey?",
         "What is the tallest mountain?",
     ]
     path = tmp_path_factory.mktemp("data") / "prompts.jsonl"

@@ -93,7 +93,9 @@ def test_reverse_kl_gradient_is_analytic():
 
 def test_full_kl_zero_iff_equal_and_nonnegative():
     s = _logits(11)
-    torch.testing.assert_close(losses.token_reverse_kl(s, s.clone(), top_k=None), torch.zeros(B, T, dtype=torch.float64))
+    torch.testing.assert_close(
+        losses.token_reverse_kl(s, s.clone(), top_k=None), torch.zeros(B, T, dtype=torch.float64)
+    )
     for seed in range(5):
         assert torch.all(losses.token_reverse_kl(_logits(seed), _logits(seed + 50), top_k=None) > 0)
         assert torch.all(losses.token_reverse_kl_tail(_logits(seed), _logits(seed + 50), top_k=2) > 0)
@@ -173,8 +175,9 @@ def test_micro_batch_split_invariance(reduction):
     """Gradients summed over micro-batches, weighted with the step's global counts, equal the one-batch gradient."""
     hidden_s, hidden_t, w_s, w_t, mask, ids = _head_setup(seed=1)
     kw = {"total_tokens": int(mask.sum()), "total_sequences": 3}
-    whole = _chunked_grads(hidden_s, hidden_t, w_s, w_t, ids, losses.reduction_weights(mask, reduction, **kw),
-                           LOSSES["topk"], 2)
+    whole = _chunked_grads(
+        hidden_s, hidden_t, w_s, w_t, ids, losses.reduction_weights(mask, reduction, **kw), LOSSES["topk"], 2
+    )
     g_body, g_head = 0, 0
     for rows in ([0], [1, 2]):
         weights = losses.reduction_weights(mask[rows], reduction, **kw)

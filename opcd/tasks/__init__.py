@@ -1,0 +1,1 @@
+"""Task families: each module holds its data, prompts and grader/checker."""

