@@ -147,6 +147,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
     token_loss = objectives.token_loss(cfg.loss, temp)
     head = student.get_output_embeddings()
     timers: dict[str, float] = defaultdict(float)
+    warned = False
 
     def student_head(hidden):
         with autocast(dtype):
@@ -250,6 +251,13 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
         if not mode.uses_teacher_logits:
             del metrics["kl/reverse_full"]
         log.log(step, metrics)
+        if cfg.loss.estimator == "topk" and mode.sampler == "student" and metrics["kl/topk_mass"] < 0.5 and not warned:
+            warned = True
+            tqdm.write(
+                f"opcd: warning: step {step}: the student keeps only {metrics['kl/topk_mass']:.0%} of its probability "
+                "in its top-k; the partial-sum top-k loss is lowered by spreading mass outside it (degenerate text). "
+                "Use loss.estimator=tail or full, or a lower train.lr."
+            )
         bar.set_postfix(kl=f"{metrics.get('kl/reverse_full', float('nan')):.4f}", loss=f"{sums['loss']:.4f}")
         if (t.save_every and step % t.save_every == 0) or step == t.steps:
             trainer_state = {

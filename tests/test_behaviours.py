@@ -12,7 +12,7 @@ CASES = {
     "ends_with:Have a wonderful day!": (["Sure. Have a wonderful day!  "], ["Have a wonderful day! Bye."]),
     "language:fr": (
         ["La capitale de la France est Paris, et c'est une très belle ville.", "Je pense que vous avez raison."],
-        ["The capital of France is Paris.", "Paris", "Le Louvre is a museum in the city of Paris."],
+        ["The capital of France is Paris.", "Paris", "Le Louvre is a museum in the city of Paris.", "Je\nJe\nJe\nJe"],
     ),
     "uppercase": (["THE SKY IS BLUE BECAUSE OF RAYLEIGH SCATTERING."], ["The sky is blue.", "1234"]),
     "max_words:3": (["Paris, France.", "Yes"], ["It is Paris, France.", ""]),

@@ -35,8 +35,9 @@ def _language(code: str) -> Checker:
 
     def check(text: str) -> bool:
         words = [w.lower() for w in _WORD.findall(text)]
-        hits = sum(w in own or any(w.startswith(p) for p in own if p.endswith("'")) for w in words)
-        return hits >= 2 and hits > sum(w in english for w in words)
+        hits = [w for w in words if w in own or any(w.startswith(p) for p in own if p.endswith("'"))]
+        # two different function words at least, so a degenerate "Je Je Je" does not count as French
+        return len(set(hits)) >= 2 and len(hits) > sum(w in english for w in words)
 
     return check
 
