@@ -128,8 +128,10 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
     check_lengths(pairs, [e.source for e in examples], limit, cfg.rollout.max_new_tokens)
     teacher = build_teacher(cfg.model, student, tokenizer)
     if cfg.train.gradient_checkpointing:
-        enable = getattr(student, "activation_checkpointing_enable", None) or student.gradient_checkpointing_enable
-        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(student, "activation_checkpointing_enable"):  # transformers >= 5.2x
+            student.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     params = [p for p in student.parameters() if p.requires_grad]
     t = cfg.train
     optimizer = torch.optim.AdamW(params, lr=t.lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay)
