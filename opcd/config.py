@@ -22,6 +22,7 @@ class ModelConfig:
     student: str = "qwen2.5-coder-0.5b-instruct"  # packaged short name, local HF directory, or hub id
     teacher: str = "frozen"  # frozen (initial student) | live | ema | a model name/path (cross-size teacher)
     ema_decay: float = 0.99  # teacher = ema: weight of the old teacher per step
+    teacher_cache: bool = True  # frozen teachers: compute the shared context's keys/values once per run
     dtype: Literal["bf16", "fp32"] = "bf16"  # compute dtype (autocast); trainable weights stay fp32
     lora_rank: int = 0  # 0 = full fine-tuning; > 0 = LoRA through PEFT
     lora_alpha: int = 32

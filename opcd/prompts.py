@@ -38,6 +38,16 @@ def default_system_text(tokenizer) -> str | None:
 class PromptPair:
     student_ids: list[int]
     teacher_ids: list[int]
+    teacher_prefix: int  # leading teacher tokens that depend on the context alone (cacheable across prompts)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 class PromptRenderer:
@@ -47,6 +57,7 @@ class PromptRenderer:
         self.tokenizer = tokenizer
         self.data = data
         self.default_system = default_system_text(tokenizer) if data.keep_default_system else None
+        self._prefixes: dict[str, list[int]] = {}
 
     def _ids(self, messages: list[dict]) -> list[int]:
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -69,8 +80,17 @@ class PromptRenderer:
             messages.insert(0, {"role": "system", "content": context})
         return messages
 
+    def context_prefix(self, context: str) -> list[int]:
+        """The teacher tokens every prompt with this context starts with: what two unrelated probes share."""
+        if context not in self._prefixes:
+            a = self._ids(self.teacher_messages([{"role": "user", "content": "A"}], context))
+            b = self._ids(self.teacher_messages([{"role": "user", "content": "Zq?"}], context))
+            self._prefixes[context] = a[: _common_prefix(a, b)]
+        return self._prefixes[context]
+
     def render(self, messages: list[dict], context: str) -> PromptPair:
-        return PromptPair(self._ids(messages), self._ids(self.teacher_messages(messages, context)))
+        teacher = self._ids(self.teacher_messages(messages, context))
+        return PromptPair(self._ids(messages), teacher, _common_prefix(teacher, self.context_prefix(context)))
 
 
 def check_lengths(pairs: list[PromptPair], sources: list[str], limit: int, max_new_tokens: int) -> None:

@@ -22,6 +22,7 @@ class Rollout:
     example: int  # index into the run's examples
     student_prompt: list[int]
     teacher_prompt: list[int]
+    teacher_prefix: int  # leading teacher-prompt tokens shared by every prompt with this context
     response: list[int]
     finished: bool  # ended with EOS (False: cut at max_new_tokens)
 

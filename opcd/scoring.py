@@ -4,14 +4,29 @@ One padding layout everywhere: `[left-padded prompt | right-padded response]`. E
 the same column P, so the states that predict response token t sit at column P − 1 + t for all rows, and only those
 R columns ever reach the vocabulary head (the full-sequence logits are never built). Position ids are computed from
 the attention mask, so left padding does not shift positions.
+
+Teacher context cache: when many teacher prompts start with the same context (a system prompt, an experience block),
+the teacher's keys/values for that shared prefix are computed once (`PrefixCache`) and each batch is scored as
+`[shared prefix (cached) | left-padded rest of prompt | right-padded response]`. For a frozen teacher the cache lives
+for the whole run, so a 2,000-token context is read once instead of once per sample.
 """
 
 from __future__ import annotations
 
+import inspect
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+
+@dataclass
+class PrefixKV:
+    """A teacher's keys/values for a prompt prefix shared by many rows (batch dimension 1)."""
+
+    ids: tuple[int, ...]
+    layers: list[tuple[Tensor, Tensor]]  # per layer: keys, values [1, heads, len(ids), head_dim]
 
 
 @dataclass
@@ -23,16 +38,36 @@ class Batch:
     prompt_width: int  # P
     response_ids: Tensor  # [B, R], padding positions hold 0 (masked)
     response_mask: Tensor  # [B, R]
+    prefix: PrefixKV | None = None  # cached keys/values that precede every row (the prompts are then the rest)
+
+    def full_attention_mask(self) -> Tensor:
+        if self.prefix is None:
+            return self.attention_mask
+        ones = self.attention_mask.new_ones(self.attention_mask.shape[0], len(self.prefix.ids))
+        return torch.cat([ones, self.attention_mask], dim=1)
 
     @property
     def position_ids(self) -> Tensor:
-        return (self.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        full = self.full_attention_mask()
+        return (full.cumsum(-1) - 1).clamp(min=0)[:, full.shape[1] - self.attention_mask.shape[1] :]
 
 
-def make_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> Batch:
-    """Pad in exactly one place. `pad_id` only fills masked slots; masks come from lengths, not from ids."""
+def make_batch(
+    prompts: list[list[int]],
+    responses: list[list[int]],
+    pad_id: int,
+    prefix: PrefixKV | None = None,
+    response_width: int | None = None,
+) -> Batch:
+    """Pad in exactly one place. `pad_id` only fills masked slots; masks come from lengths, not from ids.
+
+    With a `prefix`, each prompt must start with `prefix.ids`; the batch then holds only the rest of each prompt."""
+    if prefix is not None:
+        n = len(prefix.ids)
+        assert all(tuple(p[:n]) == prefix.ids and len(p) > n for p in prompts), "prompt does not extend the prefix"
+        prompts = [p[n:] for p in prompts]
     width = max(len(p) for p in prompts)
-    resp_width = max(1, max(len(r) for r in responses))
+    resp_width = response_width or max(1, max(len(r) for r in responses))
     rows, masks, resp, resp_mask = [], [], [], []
     for prompt, response in zip(prompts, responses, strict=True):
         left, right = width - len(prompt), resp_width - len(response)
@@ -46,6 +81,7 @@ def make_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int
         prompt_width=width,
         response_ids=torch.tensor(resp),
         response_mask=torch.tensor(resp_mask, dtype=torch.bool),
+        prefix=prefix,
     )
 
 
@@ -55,13 +91,28 @@ def decoder_of(model):
     return base.get_decoder()
 
 
+def _expanded_cache(model, prefix: PrefixKV, rows: int):
+    from transformers import DynamicCache
+
+    layers = [(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in prefix.layers]
+    return DynamicCache(ddp_cache_data=layers, config=model.config)
+
+
+def _cache_kwarg(decoder, cache) -> dict:
+    """transformers renamed `past_key_values` to `cache` in 5.2x; speak whichever this version takes."""
+    name = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+    return {name: cache, "use_cache": cache is not None}
+
+
 def response_hidden(model, batch: Batch) -> Tensor:
     """Final hidden states that predict each response token, [B, R, H]."""
-    out = decoder_of(model)(
+    cache = None if batch.prefix is None else _expanded_cache(model, batch.prefix, batch.input_ids.shape[0])
+    decoder = decoder_of(model)
+    out = decoder(
         input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
+        attention_mask=batch.full_attention_mask(),
         position_ids=batch.position_ids,
-        use_cache=False,
+        **_cache_kwarg(decoder, cache),
     )
     start = batch.prompt_width - 1
     return out.last_hidden_state[:, start : start + batch.response_ids.shape[1]]
@@ -77,3 +128,59 @@ def response_logprobs(model, batch: Batch, temperature: float = 1.0) -> Tensor:
     """log p(y_t | prompt, y_<t) of each response token, [B, R] (padding positions are meaningless)."""
     logits = response_logits(model, batch).float() / temperature
     return torch.log_softmax(logits, -1).gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1)
+
+
+@torch.no_grad()
+def compute_prefix(model, ids: tuple[int, ...]) -> PrefixKV:
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    decoder = decoder_of(model)
+    decoder(input_ids=torch.tensor([ids]), **_cache_kwarg(decoder, cache))
+    return PrefixKV(ids, [(layer.keys, layer.values) for layer in cache.layers])
+
+
+class PrefixCache:
+    """Keys/values of shared prompt prefixes, newest `capacity` kept. Only for teachers whose weights never change."""
+
+    def __init__(self, capacity: int = 16, min_tokens: int = 32):
+        self.capacity = capacity
+        self.min_tokens = min_tokens
+        self.entries: OrderedDict[tuple[int, ...], PrefixKV] = OrderedDict()
+
+    def get(self, model, ids: tuple[int, ...]) -> PrefixKV:
+        if ids in self.entries:
+            self.entries.move_to_end(ids)
+            return self.entries[ids]
+        entry = self.entries[ids] = compute_prefix(model, ids)
+        if len(self.entries) > self.capacity:
+            self.entries.popitem(last=False)
+        return entry
+
+
+def grouped_hidden(
+    model,
+    prompts: list[list[int]],
+    responses: list[list[int]],
+    prefix_lens: list[int],
+    pad_id: int,
+    cache: PrefixCache | None,
+) -> Tensor:
+    """Response hidden states [B, R, H], scoring rows that share a cacheable prefix on top of its cached keys/values.
+
+    Rows are grouped by their prefix (in practice: by context); each group is one forward pass; rows come back in
+    their original order, padded to the same response width."""
+    width = max(1, max(len(r) for r in responses))
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for row, (prompt, n) in enumerate(zip(prompts, prefix_lens, strict=True)):
+        use = cache is not None and n >= cache.min_tokens and n < len(prompt)
+        groups.setdefault(tuple(prompt[:n]) if use else (), []).append(row)
+    out = None
+    for ids, rows in groups.items():
+        prefix = cache.get(model, ids) if ids else None
+        batch = make_batch([prompts[r] for r in rows], [responses[r] for r in rows], pad_id, prefix, width)
+        hidden = response_hidden(model, batch)
+        if out is None:
+            out = hidden.new_zeros(len(prompts), width, hidden.shape[-1])
+        out[rows] = hidden
+    return out

@@ -18,17 +18,26 @@ from opcd import models
 from opcd.config import ModelConfig
 from opcd.errors import OpcdError
 from opcd.rollout import autocast
-from opcd.scoring import Batch, response_hidden
+from opcd.scoring import PrefixCache, grouped_hidden
 
 
 class Teacher:
     """Holds the model that plays teacher; `active()` yields it in eval mode with any adapter switched off."""
 
-    def __init__(self, model, *, student=None, adapter_off: bool = False, ema_decay: float | None = None):
+    def __init__(
+        self,
+        model,
+        *,
+        student=None,
+        adapter_off: bool = False,
+        ema_decay: float | None = None,
+        cache: PrefixCache | None = None,
+    ):
         self.model = model
         self.student = student
         self.adapter_off = adapter_off
         self.ema_decay = ema_decay
+        self.cache = cache  # only for teachers whose weights never change
 
     @contextmanager
     def active(self):
@@ -45,9 +54,10 @@ class Teacher:
             model.train(was_training)
 
     @torch.no_grad()
-    def hidden(self, batch: Batch, dtype: str) -> torch.Tensor:
+    def hidden(self, prompts, responses, prefix_lens, pad_id: int, dtype: str) -> torch.Tensor:
+        """Teacher hidden states that predict each response token, [B, R, H], context prefixes from the cache."""
         with self.active() as model, autocast(dtype):
-            return response_hidden(model, batch)
+            return grouped_hidden(model, prompts, responses, prefix_lens, pad_id, self.cache)
 
     @torch.no_grad()
     def head(self, hidden: torch.Tensor, dtype: str) -> torch.Tensor:
@@ -77,10 +87,11 @@ def _frozen_copy(student, dtype: str):
 
 def build_teacher(cfg: ModelConfig, student, student_tokenizer) -> Teacher:
     lora = cfg.lora_rank > 0
+    cache = PrefixCache() if cfg.teacher_cache else None
     if cfg.teacher == "frozen":
         if lora:
-            return Teacher(student, adapter_off=True)
-        return Teacher(_frozen_copy(student, cfg.dtype))
+            return Teacher(student, adapter_off=True, cache=cache)
+        return Teacher(_frozen_copy(student, cfg.dtype), cache=cache)
     if cfg.teacher == "live":
         return Teacher(student)
     if cfg.teacher == "ema":
@@ -95,4 +106,4 @@ def build_teacher(cfg: ModelConfig, student, student_tokenizer) -> Teacher:
             f"teacher '{cfg.teacher}' has {models.vocab_rows(model)} output rows, student '{cfg.student}' has "
             f"{models.vocab_rows(student)}: the logits must cover the same vocabulary"
         )
-    return Teacher(model)
+    return Teacher(model, cache=cache)

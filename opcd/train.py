@@ -93,7 +93,7 @@ def _sample(mode: objectives.Mode, cfg: Config, student, teacher: Teacher, token
                 prompts, seed
             )
     return [
-        Rollout(i, pairs[i].student_ids, pairs[i].teacher_ids, response, finished)
+        Rollout(i, pairs[i].student_ids, pairs[i].teacher_ids, pairs[i].teacher_prefix, response, finished)
         for i, (response, finished) in zip(idx, results, strict=True)
     ]
 
@@ -191,8 +191,13 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
             t_hidden = None
             if mode.uses_teacher_logits:
                 began = time.perf_counter()
-                t_batch = make_batch([r.teacher_prompt for r in micro], responses, tokenizer.pad_token_id)
-                t_hidden = teacher.hidden(t_batch, dtype)
+                t_hidden = teacher.hidden(
+                    [r.teacher_prompt for r in micro],
+                    responses,
+                    [r.teacher_prefix for r in micro],
+                    tokenizer.pad_token_id,
+                    dtype,
+                )
                 timers["teacher"] += time.perf_counter() - began
             began, teacher_before = time.perf_counter(), timers["teacher"]
             with autocast(dtype):
