@@ -14,8 +14,8 @@ from .conftest import make_tiny_model
 LONG_CONTEXT = "You are a careful assistant. " * 20 + "Always answer in French."
 
 
-def _rows(tokenizer, data=DataConfig()):
-    renderer = PromptRenderer(tokenizer, data)
+def _rows(tokenizer, data: DataConfig | None = None):
+    renderer = PromptRenderer(tokenizer, data or DataConfig())
     rows = [
         ([{"role": "user", "content": "What is the capital of Italy?"}], LONG_CONTEXT),
         ([{"role": "user", "content": "Hi"}], LONG_CONTEXT),
