@@ -2,7 +2,9 @@
 
 Layout: `RUN/checkpoints/step-000010/{model/, trainer_state.pt}`. Each checkpoint is written into a hidden temporary
 directory and renamed into place, so a run killed mid-save leaves either the old set of checkpoints or the new one,
-never a half-written directory that resume would trust.
+never a half-written directory that resume would trust. Only the newest checkpoint keeps `trainer_state.pt` (the
+optimizer state is twice the model in fp32: 5 GB for a 0.5B model); older ones keep their model for evaluation and
+checkpoint selection.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from opcd.errors import OpcdError
+
 CHECKPOINTS = "checkpoints"
 
 
@@ -23,12 +27,13 @@ def step_dir(run_dir: Path, step: int) -> Path:
     return run_dir / CHECKPOINTS / f"step-{step:06d}"
 
 
-def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+def list_checkpoints(run_dir: Path, resumable: bool = False) -> list[tuple[int, Path]]:
+    """(step, path) of every finished checkpoint, oldest first; `resumable`: only those holding trainer state."""
     root = run_dir / CHECKPOINTS
     if not root.is_dir():
         return []
-    found = [(int(p.name.split("-")[1]), p) for p in root.glob("step-*") if (p / "trainer_state.pt").exists()]
-    return sorted(found)
+    need = "trainer_state.pt" if resumable else "model"
+    return sorted((int(p.name.split("-")[1]), p) for p in root.glob("step-*") if (p / need).exists())
 
 
 def rng_state() -> dict:
@@ -52,8 +57,16 @@ def save(run_dir: Path, step: int, student, tokenizer, trainer_state: dict, keep
         if target.exists():  # an earlier, interrupted run saved this step; the new one replaces it
             shutil.rmtree(target)
         os.replace(tmp, target)
+    except OSError as e:
+        raise OpcdError(
+            f"could not write checkpoint {target} ({e.strerror or e}); earlier checkpoints are intact: "
+            "free space or set train.keep_checkpoints, then rerun with --resume"
+        ) from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    for step_, old in list_checkpoints(run_dir):
+        if step_ != step:
+            (old / "trainer_state.pt").unlink(missing_ok=True)
     if keep:
         for _, old in list_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old)

@@ -64,8 +64,8 @@ def batch_indices(n_examples: int, batch: int, seed: int, step: int) -> list[int
 
 
 def _start(run_dir: Path, cfg: Config, resume: bool) -> tuple[int, dict | None, Path | None]:
-    found = checkpoint.list_checkpoints(run_dir)
-    if found and not resume:
+    found = checkpoint.list_checkpoints(run_dir, resumable=True)
+    if checkpoint.list_checkpoints(run_dir) and not resume:
         raise OpcdError(
             f"{run_dir} already holds checkpoints: pass --resume to continue, or choose another train.run_dir"
         )

@@ -81,6 +81,9 @@ def test_resume_reproduces_uninterrupted_run(tiny_model, prompts_file, tmp_path)
     a, b = _weights(full, 4), _weights(part, 4)
     for key in a:
         assert torch.equal(a[key], b[key]), key
+    # every checkpoint keeps its model; only the newest keeps the optimizer state
+    assert [s for s, _ in list_checkpoints(full)] == [2, 4]
+    assert [s for s, _ in list_checkpoints(full, resumable=True)] == [4]
     rows_a, rows_b = read_metrics(full / "metrics.jsonl"), read_metrics(part / "metrics.jsonl")
     assert [r["step"] for r in rows_b] == [1, 2, 3, 4]
     assert [r["loss/value"] for r in rows_a] == [r["loss/value"] for r in rows_b]
@@ -97,7 +100,7 @@ def test_resume_after_kill_mid_run(tiny_model, prompts_file, tmp_path):
     proc.start()
     proc.join(120)
     assert proc.exitcode == 17
-    assert [s for s, _ in list_checkpoints(tmp_path / "killed")] == [2]
+    assert [s for s, _ in list_checkpoints(tmp_path / "killed", resumable=True)] == [2]
     _run(tiny_model, prompts_file, tmp_path / "killed", resume=True, **{"train.steps": 4, "train.save_every": 2})
     full = _run(tiny_model, prompts_file, tmp_path / "full", **{"train.steps": 4, "train.save_every": 2})
     a, b = _weights(full, 4), _weights(tmp_path / "killed", 4)
