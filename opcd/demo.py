@@ -32,12 +32,12 @@ DEMO_CONFIG = [
     f"data.context={SYSTEM_PROMPT}",
     "loss.estimator=full",
     "rollout.max_new_tokens=32",
-    "train.steps=12",
+    "train.steps=20",
     "train.prompts_per_step=8",
     "train.micro_batch_size=8",
-    "train.lr=5e-5",
-    "train.warmup_steps=3",
-    "train.save_every=4",
+    "train.lr=1e-5",
+    "train.warmup_steps=2",
+    "train.save_every=10",
     "train.keep_checkpoints=1",
 ]
 

@@ -1,0 +1,279 @@
+"""Side-by-side benchmark: opcd's OPCD step against TRL's SDFTTrainer doing the same work, plus opcd's own parts.
+
+    .venv/bin/python benchmarks/bench_opcd.py              # everything (about 30 min on 2 CPU cores)
+    .venv/bin/python benchmarks/bench_opcd.py --quick      # smollm2 only, fewer steps
+
+Every configuration runs in its own subprocess (so its peak memory is its own) and prints one JSON line; the parent
+collects them, prints Markdown tables, and writes `benchmarks/results/bench.{md,json,png}`.
+
+Same work on both sides: the same model as student and frozen teacher, the same 8 prompts per step, one sample each,
+the same maximum response length, temperature 1.0, student top-256 reverse KL, lr 1e-5, bf16 autocast over fp32
+weights, the context before the prompt in the teacher's input. Times are the median over the steps after the first
+(the first allocates optimizer state).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+PROMPTS = [
+    "What is the capital of France?", "How do plants make food?", "Give me a tip for sleeping well.",
+    "Why is the sky blue?", "How do I boil an egg?", "What is a prime number?", "Name a famous painter.",
+    "How far away is the Moon?", "What does a compiler do?", "How do bees make honey?", "What is the tallest mountain?",
+    "Why do cats purr?", "How does a rainbow form?", "What is inflation?", "How do vaccines work?",
+    "What causes the seasons?",
+]
+LESSON = (
+    "- EXPERIENCE ITEM: When a question asks for a fact, state the fact first and then one sentence of context. "
+    "Prefer plain words over jargon, check units and numbers twice, and never invent sources. "
+)
+SHORT_CONTEXT = "Always answer in French."
+BATCH, NEW_TOKENS = 8, 32
+
+
+def context_of(tokens: int, tokenizer) -> str:
+    """A context of about `tokens` tokens (0: the short French instruction, ~6 tokens)."""
+    if tokens == 0:
+        return SHORT_CONTEXT
+    text = SHORT_CONTEXT + "\n"
+    while len(tokenizer(text, add_special_tokens=False).input_ids) < tokens:
+        text += LESSON
+    ids = tokenizer(text, add_special_tokens=False).input_ids[:tokens]
+    return tokenizer.decode(ids)
+
+
+def peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---- one configuration, in a subprocess --------------------------------------------------------------------------
+
+
+def run_opcd(model: str, ctx_tokens: int, steps: int, extra: list[str]) -> dict:
+    from opcd import models
+    from opcd.config import load_config
+    from opcd.metrics import read_metrics
+    from opcd.train import train
+
+    tokenizer = models.load_tokenizer(model)
+    work = Path(tempfile.mkdtemp())
+    prompts = work / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    (work / "ctx.txt").write_text(context_of(ctx_tokens, tokenizer))
+    cfg = load_config(None, [
+        f"model.student={model}", f"data.prompts={prompts}", f"data.context_file={work / 'ctx.txt'}",
+        f"rollout.max_new_tokens={NEW_TOKENS}", f"train.steps={steps}", f"train.prompts_per_step={BATCH}",
+        f"train.micro_batch_size={BATCH}", "train.lr=1e-5", "train.save_every=0", "train.tensorboard=false",
+        f"train.run_dir={work / 'run'}", *extra,
+    ])
+    # the final checkpoint is not part of a step; time it out of the measurement by reading the logged step times
+    train(cfg, progress=False)
+    rows = read_metrics(work / "run" / "metrics.jsonl")[1:]
+    parts = ["generate", "teacher", "student", "optimizer", "other"]
+    return {
+        "step_s": statistics.median(r["time/step"] for r in rows),
+        **{f"{p}_s": statistics.median(r[f"time/{p}"] for r in rows) for p in parts},
+        "tokens": statistics.mean(r["rollout/response_tokens"] for r in rows),
+        "peak_mib": peak_mib(),
+    }
+
+
+def run_trl(model: str, ctx_tokens: int, steps: int, bf16: bool) -> dict:
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl.experimental.sdft import SDFTConfig, SDFTTrainer
+
+    from opcd import models
+
+    path = models.resolve(model)
+    tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left", truncation_side="left")
+    context = context_of(ctx_tokens, tokenizer)
+    student = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    data = Dataset.from_list(
+        [{"prompt": [{"role": "user", "content": p}], "privileged_context": context} for p in PROMPTS]
+    )
+    times: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.began = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            times.append(time.perf_counter() - self.began)
+
+    args = SDFTConfig(
+        output_dir=tempfile.mkdtemp(), distillation_mode="topk_logits", distillation_topk=256,
+        distillation_alpha=1.0, distillation_add_tail=False, teacher_model_kind="base",
+        teacher_prompt_template="{privileged_context}\n\n{prompt}", generate_from_teacher=False,
+        num_generations=1, max_completion_length=NEW_TOKENS, temperature=1.0, top_p=1.0, top_k=0, use_vllm=False,
+        per_device_train_batch_size=BATCH, gradient_accumulation_steps=1, learning_rate=1e-5, max_steps=steps,
+        gradient_checkpointing=False, bf16=bf16, use_cpu=True, logging_steps=1, save_strategy="no",
+        eval_strategy="no", report_to="none", seed=0,
+    )
+    trainer = SDFTTrainer(model=student, args=args, train_dataset=data, processing_class=tokenizer, callbacks=[Timer()])
+    trainer.train()
+    return {"step_s": statistics.median(times[1:]), "peak_mib": peak_mib()}
+
+
+def run_teacher_scoring(model: str, ctx_tokens: int, repeats: int) -> dict:
+    """Teacher scoring of one micro-batch (8 prompts + 32-token responses): no context, and a long context uncached
+    or on top of the cached prefix (the cache is filled once beforehand, as it is once per run in training)."""
+    import torch
+
+    from opcd import models
+    from opcd.config import DataConfig
+    from opcd.prompts import PromptRenderer
+    from opcd.rollout import autocast
+    from opcd.scoring import PrefixCache, grouped_hidden
+
+    tokenizer = models.load_tokenizer(model)
+    teacher = models.load_model(model, "bf16").eval()
+    renderer = PromptRenderer(tokenizer, DataConfig())
+    gen = torch.Generator().manual_seed(0)
+    responses = [torch.randint(100, 5000, (NEW_TOKENS,), generator=gen).tolist() for _ in range(BATCH)]
+    out = {}
+    for label, ctx, cache in [("none", 0, None), ("uncached", ctx_tokens, None), ("cached", ctx_tokens, PrefixCache())]:
+        context = context_of(ctx, tokenizer)
+        pairs = [renderer.render([{"role": "user", "content": p}], context) for p in PROMPTS[:BATCH]]
+        if label == "none":  # the student's side: the plain prompt, no context at all
+            prompts, lens = [p.student_ids for p in pairs], [0] * BATCH
+        else:
+            prompts, lens = [p.teacher_ids for p in pairs], [p.teacher_prefix for p in pairs]
+        args = (teacher, prompts, responses, lens, tokenizer.pad_token_id, cache)
+        with torch.no_grad(), autocast("bf16"):
+            grouped_hidden(*args)  # warm-up (and fills the cache)
+            began = time.perf_counter()
+            for _ in range(repeats):
+                grouped_hidden(*args)
+        out[f"{label}_s"] = (time.perf_counter() - began) / repeats
+        out[f"{label}_prompt_tokens"] = sum(map(len, prompts)) / BATCH
+    return out
+
+
+# ---- the parent: run everything, tabulate, plot ------------------------------------------------------------------
+
+
+def child(kind: str, *args) -> dict:
+    cmd = [sys.executable, __file__, "--one", json.dumps([kind, *args])]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{kind} {args} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models_ = sorted({r["model"] for r in rows})
+    fig, axes = plt.subplots(1, len(models_), figsize=(5 * len(models_), 3.6), squeeze=False)
+    for ax, model in zip(axes[0], models_, strict=True):
+        sub = [r for r in rows if r["model"] == model]
+        xs = range(len(sub))
+        ax.bar([x - 0.2 for x in xs], [r["trl_s"] for r in sub], width=0.4, label="TRL SDFTTrainer")
+        ax.bar([x + 0.2 for x in xs], [r["opcd_s"] for r in sub], width=0.4, label="opcd")
+        ax.set_xticks(list(xs), [f"ctx {r['ctx']}" for r in sub])
+        ax.set_ylabel("median step time (s)")
+        ax.set_title(model)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="smollm2 only, 3 steps")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--skip-trl", action="store_true")
+    args = parser.parse_args()
+    if args.one:
+        kind, *rest = json.loads(args.one)
+        fn = {"opcd": run_opcd, "trl": run_trl, "scoring": run_teacher_scoring}[kind]
+        print(json.dumps(fn(*rest)), flush=True)
+        return
+
+    began = time.time()
+    models_ = ["smollm2-135m-instruct"] if args.quick else ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"]
+    steps = 3 if args.quick else args.steps
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    report = {"vs_trl": [], "breakdown": [], "scoring": [], "lora": []}
+    for model in models_:
+        for ctx in (0, 512, 2048):
+            ours = child("opcd", model, ctx, steps, [])
+            row = {"model": model, "ctx": ctx, "opcd_s": ours["step_s"], "opcd_mib": ours["peak_mib"]}
+            if not args.skip_trl:
+                theirs = child("trl", model, ctx, steps, True)
+                row.update(trl_s=theirs["step_s"], trl_mib=theirs["peak_mib"])
+                row.update(time_ratio=row["opcd_s"] / row["trl_s"], mem_ratio=row["opcd_mib"] / row["trl_mib"])
+            report["vs_trl"].append(row)
+            report["breakdown"].append({"model": model, "ctx": ctx, **ours})
+            print(json.dumps(row), flush=True)
+        report["scoring"].append({"model": model, "ctx": 2048, **child("scoring", model, 2048, 3)})
+        lora = ["model.lora_rank=16"]
+        opcd_lora = child("opcd", model, 0, steps, lora)
+        student_only = child("opcd", model, 0, steps, [*lora, "loss.mode=sft"])
+        report["lora"].append({"model": model, "opcd_lora_mib": opcd_lora["peak_mib"],
+                               "student_only_mib": student_only["peak_mib"],
+                               "ratio": opcd_lora["peak_mib"] / student_only["peak_mib"]})
+    report["wall_s"] = time.time() - began
+    (RESULTS / "bench.json").write_text(json.dumps(report, indent=1))
+    md = tables(report)
+    (RESULTS / "bench.md").write_text(md)
+    if report["vs_trl"] and "trl_s" in report["vs_trl"][0]:
+        plot(report["vs_trl"], RESULTS / "bench.png")
+    print(md)
+
+
+def tables(report: dict) -> str:
+    out = ["### opcd vs TRL SDFTTrainer (median step time, peak RSS)", "",
+           "| model | context tokens | TRL s/step | opcd s/step | time ratio | TRL MiB | opcd MiB | memory ratio |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in report["vs_trl"]:
+        if "trl_s" in r:
+            out.append(f"| {r['model']} | {r['ctx']} | {r['trl_s']:.1f} | {r['opcd_s']:.1f} | {r['time_ratio']:.2f} | "
+                       f"{r['trl_mib']:.0f} | {r['opcd_mib']:.0f} | {r['mem_ratio']:.2f} |")
+        else:
+            out.append(f"| {r['model']} | {r['ctx']} | – | {r['opcd_s']:.1f} | – | – | {r['opcd_mib']:.0f} | – |")
+    out += ["", "### opcd step breakdown (median seconds per step)", "",
+            "| model | context | generate | teacher | student fwd+bwd | optimizer | other | step | other share |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for r in report["breakdown"]:
+        out.append(f"| {r['model']} | {r['ctx']} | {r['generate_s']:.2f} | {r['teacher_s']:.2f} | {r['student_s']:.2f} | "
+                   f"{r['optimizer_s']:.2f} | {r['other_s']:.3f} | {r['step_s']:.2f} | "
+                   f"{r['other_s'] / r['step_s']:.1%} |")
+    out += ["", "### Teacher scoring of 8 prompts + 32-token responses (seconds)", "",
+            "| model | no context | 2,048-token context, uncached | cached | cached / no context |", "|---|---|---|---|---|"]
+    for r in report["scoring"]:
+        out.append(f"| {r['model']} | {r['none_s']:.2f} | {r['uncached_s']:.2f} | {r['cached_s']:.2f} | "
+                   f"{r['cached_s'] / r['none_s']:.2f} |")
+    out += ["", "### LoRA self-distillation (adapter-off teacher) vs student-only LoRA training (peak RSS)", "",
+            "| model | OPCD + LoRA MiB | student-only LoRA MiB | ratio |", "|---|---|---|---|"]
+    for r in report["lora"]:
+        out.append(f"| {r['model']} | {r['opcd_lora_mib']:.0f} | {r['student_only_mib']:.0f} | {r['ratio']:.2f} |")
+    out.append(f"\nWall time: {report['wall_s'] / 60:.1f} min.")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    main()
