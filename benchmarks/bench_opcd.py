@@ -28,10 +28,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 PROMPTS = [
-    "What is the capital of France?", "How do plants make food?", "Give me a tip for sleeping well.",
-    "Why is the sky blue?", "How do I boil an egg?", "What is a prime number?", "Name a famous painter.",
-    "How far away is the Moon?", "What does a compiler do?", "How do bees make honey?", "What is the tallest mountain?",
-    "Why do cats purr?", "How does a rainbow form?", "What is inflation?", "How do vaccines work?",
+    "What is the capital of France?",
+    "How do plants make food?",
+    "Give me a tip for sleeping well.",
+    "Why is the sky blue?",
+    "How do I boil an egg?",
+    "What is a prime number?",
+    "Name a famous painter.",
+    "How far away is the Moon?",
+    "What does a compiler do?",
+    "How do bees make honey?",
+    "What is the tallest mountain?",
+    "Why do cats purr?",
+    "How does a rainbow form?",
+    "What is inflation?",
+    "How do vaccines work?",
     "What causes the seasons?",
 ]
 LESSON = (
@@ -71,12 +82,23 @@ def run_opcd(model: str, ctx_tokens: int, steps: int, extra: list[str]) -> dict:
     prompts = work / "p.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
     (work / "ctx.txt").write_text(context_of(ctx_tokens, tokenizer))
-    cfg = load_config(None, [
-        f"model.student={model}", f"data.prompts={prompts}", f"data.context_file={work / 'ctx.txt'}",
-        f"rollout.max_new_tokens={NEW_TOKENS}", f"train.steps={steps}", f"train.prompts_per_step={BATCH}",
-        f"train.micro_batch_size={BATCH}", "train.lr=1e-5", "train.save_every=0", "train.tensorboard=false",
-        f"train.run_dir={work / 'run'}", *extra,
-    ])
+    cfg = load_config(
+        None,
+        [
+            f"model.student={model}",
+            f"data.prompts={prompts}",
+            f"data.context_file={work / 'ctx.txt'}",
+            f"rollout.max_new_tokens={NEW_TOKENS}",
+            f"train.steps={steps}",
+            f"train.prompts_per_step={BATCH}",
+            f"train.micro_batch_size={BATCH}",
+            "train.lr=1e-5",
+            "train.save_every=0",
+            "train.tensorboard=false",
+            f"train.run_dir={work / 'run'}",
+            *extra,
+        ],
+    )
     # the final checkpoint is not part of a step; time it out of the measurement by reading the logged step times
     train(cfg, progress=False)
     rows = read_metrics(work / "run" / "metrics.jsonl")[1:]
@@ -118,13 +140,32 @@ def run_trl(model: str, ctx_tokens: int, steps: int, bf16: bool) -> dict:
             times.append(time.perf_counter() - self.began)
 
     args = SDFTConfig(
-        output_dir=tempfile.mkdtemp(), distillation_mode="topk_logits", distillation_topk=256,
-        distillation_alpha=1.0, distillation_add_tail=False, teacher_model_kind="base",
-        teacher_prompt_template="{privileged_context}\n\n{prompt}", generate_from_teacher=False,
-        num_generations=1, max_completion_length=NEW_TOKENS, temperature=1.0, top_p=1.0, top_k=0, use_vllm=False,
-        per_device_train_batch_size=BATCH, gradient_accumulation_steps=1, learning_rate=1e-5, max_steps=steps,
-        gradient_checkpointing=False, bf16=bf16, use_cpu=True, logging_steps=1, save_strategy="no",
-        eval_strategy="no", report_to="none", seed=0,
+        output_dir=tempfile.mkdtemp(),
+        distillation_mode="topk_logits",
+        distillation_topk=256,
+        distillation_alpha=1.0,
+        distillation_add_tail=False,
+        teacher_model_kind="base",
+        teacher_prompt_template="{privileged_context}\n\n{prompt}",
+        generate_from_teacher=False,
+        num_generations=1,
+        max_completion_length=NEW_TOKENS,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        use_vllm=False,
+        per_device_train_batch_size=BATCH,
+        gradient_accumulation_steps=1,
+        learning_rate=1e-5,
+        max_steps=steps,
+        gradient_checkpointing=False,
+        bf16=bf16,
+        use_cpu=True,
+        logging_steps=1,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        seed=0,
     )
     trainer = SDFTTrainer(model=student, args=args, train_dataset=data, processing_class=tokenizer, callbacks=[Timer()])
     trainer.train()
@@ -233,9 +274,14 @@ def main() -> None:
         lora = ["model.lora_rank=16"]
         opcd_lora = child("opcd", model, 0, steps, lora)
         student_only = child("opcd", model, 0, steps, [*lora, "loss.mode=sft"])
-        report["lora"].append({"model": model, "opcd_lora_mib": opcd_lora["peak_mib"],
-                               "student_only_mib": student_only["peak_mib"],
-                               "ratio": opcd_lora["peak_mib"] / student_only["peak_mib"]})
+        report["lora"].append(
+            {
+                "model": model,
+                "opcd_lora_mib": opcd_lora["peak_mib"],
+                "student_only_mib": student_only["peak_mib"],
+                "ratio": opcd_lora["peak_mib"] / student_only["peak_mib"],
+            }
+        )
     report["wall_s"] = time.time() - began
     (RESULTS / "bench.json").write_text(json.dumps(report, indent=1))
     md = tables(report)
@@ -246,29 +292,52 @@ def main() -> None:
 
 
 def tables(report: dict) -> str:
-    out = ["### opcd vs TRL SDFTTrainer (median step time, peak RSS)", "",
-           "| model | context tokens | TRL s/step | opcd s/step | time ratio | TRL MiB | opcd MiB | memory ratio |",
-           "|---|---|---|---|---|---|---|---|"]
+    out = [
+        "### opcd vs TRL SDFTTrainer (median step time, peak RSS)",
+        "",
+        "| model | context tokens | TRL s/step | opcd s/step | time ratio | TRL MiB | opcd MiB | memory ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in report["vs_trl"]:
         if "trl_s" in r:
-            out.append(f"| {r['model']} | {r['ctx']} | {r['trl_s']:.1f} | {r['opcd_s']:.1f} | {r['time_ratio']:.2f} | "
-                       f"{r['trl_mib']:.0f} | {r['opcd_mib']:.0f} | {r['mem_ratio']:.2f} |")
+            out.append(
+                f"| {r['model']} | {r['ctx']} | {r['trl_s']:.1f} | {r['opcd_s']:.1f} | {r['time_ratio']:.2f} | "
+                f"{r['trl_mib']:.0f} | {r['opcd_mib']:.0f} | {r['mem_ratio']:.2f} |"
+            )
         else:
             out.append(f"| {r['model']} | {r['ctx']} | – | {r['opcd_s']:.1f} | – | – | {r['opcd_mib']:.0f} | – |")
-    out += ["", "### opcd step breakdown (median seconds per step)", "",
-            "| model | context | generate | teacher | student fwd+bwd | optimizer | other | step | other share |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    out += [
+        "",
+        "### opcd step breakdown (median seconds per step)",
+        "",
+        "| model | context | generate | teacher | student fwd+bwd | optimizer | other | step | other share |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in report["breakdown"]:
-        out.append(f"| {r['model']} | {r['ctx']} | {r['generate_s']:.2f} | {r['teacher_s']:.2f} | {r['student_s']:.2f} | "
-                   f"{r['optimizer_s']:.2f} | {r['other_s']:.3f} | {r['step_s']:.2f} | "
-                   f"{r['other_s'] / r['step_s']:.1%} |")
-    out += ["", "### Teacher scoring of 8 prompts + 32-token responses (seconds)", "",
-            "| model | no context | 2,048-token context, uncached | cached | cached / no context |", "|---|---|---|---|---|"]
+        out.append(
+            f"| {r['model']} | {r['ctx']} | {r['generate_s']:.2f} | {r['teacher_s']:.2f} | {r['student_s']:.2f} | "
+            f"{r['optimizer_s']:.2f} | {r['other_s']:.3f} | {r['step_s']:.2f} | "
+            f"{r['other_s'] / r['step_s']:.1%} |"
+        )
+    out += [
+        "",
+        "### Teacher scoring of 8 prompts + 32-token responses (seconds)",
+        "",
+        "| model | no context | 2,048-token context, uncached | cached | cached / no context |",
+        "|---|---|---|---|---|",
+    ]
     for r in report["scoring"]:
-        out.append(f"| {r['model']} | {r['none_s']:.2f} | {r['uncached_s']:.2f} | {r['cached_s']:.2f} | "
-                   f"{r['cached_s'] / r['none_s']:.2f} |")
-    out += ["", "### LoRA self-distillation (adapter-off teacher) vs student-only LoRA training (peak RSS)", "",
-            "| model | OPCD + LoRA MiB | student-only LoRA MiB | ratio |", "|---|---|---|---|"]
+        out.append(
+            f"| {r['model']} | {r['none_s']:.2f} | {r['uncached_s']:.2f} | {r['cached_s']:.2f} | "
+            f"{r['cached_s'] / r['none_s']:.2f} |"
+        )
+    out += [
+        "",
+        "### LoRA self-distillation (adapter-off teacher) vs student-only LoRA training (peak RSS)",
+        "",
+        "| model | OPCD + LoRA MiB | student-only LoRA MiB | ratio |",
+        "|---|---|---|---|",
+    ]
     for r in report["lora"]:
         out.append(f"| {r['model']} | {r['opcd_lora_mib']:.0f} | {r['student_only_mib']:.0f} | {r['ratio']:.2f} |")
     out.append(f"\nWall time: {report['wall_s'] / 60:.1f} min.")

@@ -115,7 +115,7 @@ def response_hidden(model, batch: Batch) -> Tensor:
         **_cache_kwarg(decoder, cache),
     )
     start = batch.prompt_width - 1
-    return out.last_hidden_state[:, start : start + batch.response_ids.shape[1]]
+    return out.last_hidden_state[:, start : start + batch.response_ids.shape[1]].contiguous()
 
 
 def response_logits(model, batch: Batch) -> Tensor:
