@@ -1,6 +1,6 @@
 """Run configuration: frozen dataclasses, one level of nesting, TOML in, `key=value` overrides, resolved copy saved.
 
-Every field is documented here; the README's configuration reference is generated from these docstrings' comments.
+Every field is documented here and in the README's configuration reference (a test keeps the two in step).
 Unknown sections or keys and wrong types fail with one line naming the key.
 """
 

@@ -69,3 +69,14 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path):
         assert proc.returncode == 2
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("opcd: error: "), proc.stderr
+
+
+def test_readme_documents_every_config_key():
+    import dataclasses
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for section in dataclasses.fields(Config):
+        assert f"**[{section.name}]**" in readme
+        for key in dataclasses.fields(section.default_factory()):
+            assert f"`{key.name}`" in readme, f"README's configuration reference misses {section.name}.{key.name}"
