@@ -177,10 +177,41 @@ def grouped_hidden(
         groups.setdefault(tuple(prompt[:n]) if use else (), []).append(row)
     out = None
     for ids, rows in groups.items():
-        prefix = cache.get(model, ids) if ids else None
-        batch = make_batch([prompts[r] for r in rows], [responses[r] for r in rows], pad_id, prefix, width)
-        hidden = response_hidden(model, batch)
+        group_prompts, group_responses = [prompts[r] for r in rows], [responses[r] for r in rows]
+        if ids and model.config._attn_implementation == "sdpa":
+            hidden = packed_hidden(model, cache.get(model, ids), group_prompts, group_responses, width)
+        else:
+            prefix = cache.get(model, ids) if ids else None
+            hidden = response_hidden(model, make_batch(group_prompts, group_responses, pad_id, prefix, width))
         if out is None:
             out = hidden.new_zeros(len(prompts), width, hidden.shape[-1])
         out[rows] = hidden
     return out
+
+
+def packed_hidden(model, prefix: PrefixKV, prompts: list[list[int]], responses: list[list[int]], width: int) -> Tensor:
+    """Score rows that share a cached prefix as ONE packed sequence on top of the prefix's keys/values.
+
+    Expanding the prefix cache to B rows would copy it B times in every layer (and again for grouped-query heads);
+    instead the rows' remaining tokens are laid end to end after the prefix, and a block mask lets each token see the
+    prefix, and the earlier tokens of its own row only. Positions continue from the prefix in every row."""
+    n = len(prefix.ids)
+    rows = [p[n:] + r for p, r in zip(prompts, responses, strict=True)]
+    total = sum(map(len, rows))
+    segment = torch.cat([torch.full((len(row),), i) for i, row in enumerate(rows)])
+    offset = torch.cat([torch.arange(len(row)) for row in rows])
+    own = (segment[:, None] == segment[None, :]) & (offset[:, None] >= offset[None, :])
+    mask = torch.cat([torch.ones(total, n, dtype=torch.bool), own], dim=1)[None, None]  # [1, 1, Q, n + Q]
+    decoder = decoder_of(model)
+    out = decoder(
+        input_ids=torch.tensor([[tok for row in rows for tok in row]]),
+        attention_mask=mask,
+        position_ids=(offset + n)[None],
+        **_cache_kwarg(decoder, _expanded_cache(model, prefix, 1)),
+    ).last_hidden_state[0]
+    # the state predicting response token t of row i sits just before it: row start + len(prompt rest) - 1 + t
+    starts = torch.tensor([0, *torch.tensor([len(r) for r in rows]).cumsum(0)[:-1].tolist()])
+    index = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
+        index[i, : len(r)] = starts[i] + len(p) - n - 1 + torch.arange(len(r))
+    return out[index]

@@ -34,11 +34,13 @@ def _logprobs(model, hidden, responses):
 
 @pytest.mark.parametrize("which", ["smol", "qwen"])
 @pytest.mark.parametrize("placement", ["system", "user"])
-def test_cached_prefix_scores_equal_uncached(tmp_path, smol_tokenizer, qwen_tokenizer, which, placement):
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])  # sdpa: packed rows; eager: the cache expanded per row
+def test_cached_prefix_scores_equal_uncached(tmp_path, smol_tokenizer, qwen_tokenizer, which, placement, attention):
     from transformers import AutoModelForCausalLM
 
     tokenizer = {"smol": smol_tokenizer, "qwen": qwen_tokenizer}[which]
-    model = AutoModelForCausalLM.from_pretrained(make_tiny_model(tmp_path / "m", tokenizer)).eval()
+    path = make_tiny_model(tmp_path / "m", tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attention).eval()
     pairs, responses = _rows(tokenizer, DataConfig(placement=placement))
     prompts, lens = [p.teacher_ids for p in pairs], [p.teacher_prefix for p in pairs]
     assert lens[0] == lens[1] > 50  # the shared context is recognised as a prefix
