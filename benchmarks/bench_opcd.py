@@ -8,8 +8,9 @@ collects them, prints Markdown tables, and writes `benchmarks/results/bench.{md,
 
 Same work on both sides: the same model as student and frozen teacher, the same 8 prompts per step, one sample each,
 the same maximum response length, temperature 1.0, student top-256 reverse KL, lr 1e-5, bf16 autocast over fp32
-weights, the context before the prompt in the teacher's input. Times are the median over the steps after the first
-(the first allocates optimizer state).
+weights, the context before the prompt in the teacher's input, and no truncation of the teacher's prompt (TRL's
+default `max_prompt_length=512` would silently drop most of a 2,048-token context). Times are the median over the
+steps after the first (the first allocates optimizer state).
 """
 
 from __future__ import annotations
@@ -154,6 +155,8 @@ def run_trl(model: str, ctx_tokens: int, steps: int, bf16: bool) -> dict:
         top_p=1.0,
         top_k=0,
         use_vllm=False,
+        # TRL cuts prompts (the teacher's too) to their last 512 tokens by default; the same work means no cut
+        max_prompt_length=None,
         per_device_train_batch_size=BATCH,
         gradient_accumulation_steps=1,
         learning_rate=1e-5,
