@@ -24,6 +24,20 @@ def _logprobs(logits: Tensor, temperature: float) -> Tensor:
     return F.log_softmax(logits / temperature, dim=-1)
 
 
+def _restrict(
+    logp_s: Tensor, logp_t: Tensor, ranked_by: Literal["student", "teacher"], top_k: int | None, renormalize: bool
+) -> tuple[Tensor, Tensor]:
+    """Gather both log-probs at the top-k tokens of one side (constant indices); optionally renormalize on that set."""
+    if top_k is None or top_k >= logp_s.shape[-1]:
+        return logp_s, logp_t
+    idx = (logp_s if ranked_by == "student" else logp_t).detach().topk(top_k, dim=-1).indices
+    logp_s, logp_t = logp_s.gather(-1, idx), logp_t.gather(-1, idx)
+    if renormalize:
+        logp_s = logp_s - logp_s.logsumexp(-1, keepdim=True)
+        logp_t = logp_t - logp_t.logsumexp(-1, keepdim=True)
+    return logp_s, logp_t
+
+
 def token_reverse_kl(
     student_logits: Tensor,
     teacher_logits: Tensor,
@@ -38,14 +52,13 @@ def token_reverse_kl(
     renormalization it is a partial sum of the full-vocabulary KL (the paper's default); with `renormalize=True` both
     distributions are first renormalized on S_t. The gradient is analytic, through both p_s and log p_s.
     """
-    logp_s = _logprobs(student_logits, temperature)
-    logp_t = _logprobs(teacher_logits.detach(), temperature)
-    if top_k is not None and top_k < logp_s.shape[-1]:
-        idx = logp_s.detach().topk(top_k, dim=-1).indices
-        logp_s, logp_t = logp_s.gather(-1, idx), logp_t.gather(-1, idx)
-        if renormalize:
-            logp_s = logp_s - logp_s.logsumexp(-1, keepdim=True)
-            logp_t = logp_t - logp_t.logsumexp(-1, keepdim=True)
+    logp_s, logp_t = _restrict(
+        _logprobs(student_logits, temperature),
+        _logprobs(teacher_logits.detach(), temperature),
+        "student",
+        top_k,
+        renormalize,
+    )
     return (logp_s.exp() * (logp_s - logp_t)).sum(-1)
 
 
@@ -58,14 +71,13 @@ def token_forward_kl(
     temperature: float = 1.0,
 ) -> Tensor:
     """Off-policy baseline: Σ_{v ∈ S_t} p_t(v) (log p_t(v) − log p_s(v)) over the *teacher's* top-k set S_t, [B, T]."""
-    logp_s = _logprobs(student_logits, temperature)
-    logp_t = _logprobs(teacher_logits.detach(), temperature)
-    if top_k is not None and top_k < logp_s.shape[-1]:
-        idx = logp_t.topk(top_k, dim=-1).indices
-        logp_s, logp_t = logp_s.gather(-1, idx), logp_t.gather(-1, idx)
-        if renormalize:
-            logp_s = logp_s - logp_s.logsumexp(-1, keepdim=True)
-            logp_t = logp_t - logp_t.logsumexp(-1, keepdim=True)
+    logp_s, logp_t = _restrict(
+        _logprobs(student_logits, temperature),
+        _logprobs(teacher_logits.detach(), temperature),
+        "teacher",
+        top_k,
+        renormalize,
+    )
     return (logp_t.exp() * (logp_t - logp_s)).sum(-1)
 
 
@@ -85,10 +97,9 @@ def token_reverse_kl_tail(
     """Top-k reverse KL with a tail bucket: the student's top-k tokens plus one category holding the remaining mass
     of each distribution, an exact KL between two (k+1)-category distributions, [B, T]. Unlike the partial sum, the
     student cannot lower it by moving mass out of its own top-k."""
-    logp_s = _logprobs(student_logits, temperature)
-    logp_t = _logprobs(teacher_logits.detach(), temperature)
-    idx = logp_s.detach().topk(min(top_k, logp_s.shape[-1]), dim=-1).indices
-    logp_s, logp_t = logp_s.gather(-1, idx), logp_t.gather(-1, idx)
+    logp_s, logp_t = _restrict(
+        _logprobs(student_logits, temperature), _logprobs(teacher_logits.detach(), temperature), "student", top_k, False
+    )
     tail_s = _log1mexp(logp_s.logsumexp(-1, keepdim=True))
     tail_t = _log1mexp(logp_t.logsumexp(-1, keepdim=True))
     logp_s, logp_t = torch.cat([logp_s, tail_s], -1), torch.cat([logp_t, tail_t], -1)
