@@ -57,9 +57,10 @@ def save(run_dir: Path, step: int, student, tokenizer, trainer_state: dict, keep
         if target.exists():  # an earlier, interrupted run saved this step; the new one replaces it
             shutil.rmtree(target)
         os.replace(tmp, target)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+        reason = getattr(e, "strerror", None) or str(e).splitlines()[0]
         raise OpcdError(
-            f"could not write checkpoint {target} ({e.strerror or e}); earlier checkpoints are intact: "
+            f"could not write checkpoint {target} ({reason}); earlier checkpoints are intact: "
             "free space or set train.keep_checkpoints, then rerun with --resume"
         ) from e
     finally:
