@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -92,15 +93,10 @@ def _start(run_dir: Path, cfg: Config, resume: bool) -> tuple[int, dict | None, 
 
 def _sample(mode: objectives.Mode, cfg: Config, student, teacher: Teacher, tokenizer, eos, pairs, idx, seed):
     """Responses for the drawn examples: the student answers its own prompt, or the teacher answers with context."""
-    if mode.sampler == "student":
-        prompts = [pairs[i].student_ids for i in idx]
-        results = HFSampler(student, cfg.rollout, eos, tokenizer.pad_token_id, cfg.model.dtype).generate(prompts, seed)
-    else:
-        prompts = [pairs[i].teacher_ids for i in idx]
-        with teacher.active() as model:
-            results = HFSampler(model, cfg.rollout, eos, tokenizer.pad_token_id, cfg.model.dtype).generate(
-                prompts, seed
-            )
+    on_policy = mode.sampler == "student"
+    prompts = [pairs[i].student_ids if on_policy else pairs[i].teacher_ids for i in idx]
+    with nullcontext(student) if on_policy else teacher.active() as model:
+        results = HFSampler(model, cfg.rollout, eos, tokenizer.pad_token_id, cfg.model.dtype).generate(prompts, seed)
     return [
         Rollout(i, pairs[i].student_ids, pairs[i].teacher_ids, pairs[i].teacher_prefix, response, finished)
         for i, (response, finished) in zip(idx, results, strict=True)
