@@ -106,10 +106,10 @@ def run_demo(run_dir: str, overrides: list[str]) -> Path:
     for ex, before, after in zip(held_out[:6], base_without.responses, opcd_without.responses, strict=False):
         lines += [f"- **{ex.messages[-1]['content']}**", f"  - base: {before!r}", f"  - OPCD: {after!r}"]
     report = run / "report.md"
-    tmp = report.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, report)
-    (run / "demo.json").write_text(json.dumps({name: rate for name, rate in table}, indent=1))
+    for path, text in ((report, "\n".join(lines) + "\n"), (run / "demo.json", json.dumps(dict(table), indent=1))):
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)  # a reader never sees half a report
 
     width = max(len(name) for name, _ in table)
     print()
