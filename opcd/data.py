@@ -1,7 +1,8 @@
 """Training examples: a user's messages plus the context the teacher sees.
 
 A prompts file is JSONL, one example per line: `{"prompt": "..."}` or `{"messages": [{"role": ..., "content": ...}]}`,
-with an optional `"context"` that overrides the shared one (per-prompt contexts, e.g. one experience set per problem).
+with an optional `"context"` that overrides the shared one (per-prompt contexts, e.g. one experience set per problem)
+and an optional `"answer"` (the reference answer task graders compare with).
 Blank lines are skipped; anything else malformed fails with `file:line` and the reason.
 """
 
@@ -22,6 +23,24 @@ class Example:
     messages: list[dict]
     context: str
     source: str  # "file:line", for error messages
+    answer: str | None = None  # reference answer, for task graders
+
+
+def prompt_key(example: Example) -> str:
+    """The user's messages, whitespace- and case-normalized: what makes two examples the same prompt."""
+    return "\n".join(" ".join(m["content"].lower().split()) for m in example.messages if m["role"] != "system")
+
+
+def check_disjoint(train: list[Example], held_out: list[Example], train_name: str, held_out_name: str) -> None:
+    """Refuse evaluation prompts that were also trained on: the score would measure memorization."""
+    seen = {prompt_key(e): e.source for e in train}
+    shared = [(e.source, seen[prompt_key(e)]) for e in held_out if prompt_key(e) in seen]
+    if shared:
+        where, also = shared[0]
+        raise OpcdError(
+            f"{len(shared)} evaluation prompt(s) of '{held_out_name}' also appear in the training prompts "
+            f"'{train_name}' (first: {where} = {also}): remove them from one of the two files"
+        )
 
 
 def _messages(row: dict, where: str) -> list[dict]:
@@ -83,16 +102,22 @@ def read_jsonl(path: Path) -> list[tuple[str, dict]]:
     return rows
 
 
-def load_examples(data: DataConfig) -> list[Example]:
+def load_examples(data: DataConfig, require_context: bool = True) -> list[Example]:
+    """`require_context=False` for evaluating a model without any context (the rows' contexts may be empty)."""
     default = shared_context(data)
     examples = []
     for where, row in read_jsonl(resolve_path(data.prompts)):
         context = row.get("context", default)
-        if not isinstance(context, str) or not context.strip():
+        if not isinstance(context, str):
+            raise OpcdError(f"{where}: 'context' must be a string")
+        if require_context and not context.strip():
             raise OpcdError(
                 f"{where}: the context is empty: set data.context / data.context_file or a 'context' field on the row"
             )
-        examples.append(Example(_messages(row, where), context, where))
+        answer = row.get("answer")
+        if answer is not None and not isinstance(answer, (str, int, float)):
+            raise OpcdError(f"{where}: 'answer' must be a string or a number")
+        examples.append(Example(_messages(row, where), context, where, None if answer is None else str(answer)))
         if data.max_prompts and len(examples) == data.max_prompts:
             break
     if not examples:

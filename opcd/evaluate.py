@@ -1,50 +1,146 @@
-"""Evaluation: how often a model's responses pass a checker, with or without the context in its prompt.
+"""Evaluation: how often a model's responses pass a checker or grader, with or without the context in its prompt.
 
-The student side is the plain chat template over the user's own messages (how a distilled model is called); the
-context side is the teacher's rendering. Sampling settings default to the paper's evaluation (T = 1.0, top-p 0.95,
-top-k 20); greedy decoding (temperature 0) is available for small, low-variance checks.
+Without the context, a prompt is the plain chat template over the user's own messages (how a distilled model is
+called); with it, the teacher's rendering. Sampling settings default to the paper's evaluation (T = 1.0, top-p 0.95,
+top-k 20); greedy decoding (temperature 0) is available for small, low-variance checks. The out-of-distribution
+suites (`opcd.tasks.ood`) are always asked without any context.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from opcd.config import RolloutConfig
+from tqdm.auto import tqdm
+
+from opcd.config import DataConfig, RolloutConfig
 from opcd.data import Example
 from opcd.prompts import PromptRenderer
-from opcd.rollout import HFSampler
-from opcd.tasks.behaviours import Checker
+from opcd.rollout import HFSampler, eos_ids
+from opcd.tasks import Scorer
+from opcd.tasks.ood import SUITES
 
 PAPER_EVAL = RolloutConfig(temperature=1.0, top_p=0.95, top_k=20, max_new_tokens=512)
+GENERATION_BATCH = 16  # prompts per `generate` call when the rollout config does not say
 
 
 @dataclass
 class EvalResult:
-    rate: float  # fraction of responses that pass the checker
+    rate: float  # fraction of responses that pass
     responses: list[str]
     passed: list[bool]
 
-
-def respond(model, tokenizer, prompts: list[list[int]], rollout: RolloutConfig, dtype: str, seed: int = 0) -> list[str]:
-    eos = {tokenizer.eos_token_id}
-    sampler = HFSampler(model, rollout, eos, tokenizer.pad_token_id, dtype)
-    return [tokenizer.decode(ids, skip_special_tokens=True) for ids, _ in sampler.generate(prompts, seed)]
+    def summary(self) -> dict:
+        return {"rate": self.rate, "n": len(self.passed), "passed": self.passed, "responses": self.responses}
 
 
-def adherence(
+def respond(
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    rollout: RolloutConfig,
+    dtype: str,
+    seed: int = 0,
+    desc: str | None = None,
+) -> list[str]:
+    """Decoded responses, generated in batches (a progress bar when `desc` is given)."""
+    size = rollout.batch_size or GENERATION_BATCH
+    sampler = HFSampler(model, rollout, eos_ids(tokenizer, model), tokenizer.pad_token_id, dtype)
+    out: list[str] = []
+    starts = range(0, len(prompts), size)
+    for n, start in enumerate(tqdm(starts, desc=desc, unit="batch", disable=desc is None, leave=False)):
+        for ids, _ in sampler.generate(prompts[start : start + size], seed + n):
+            out.append(tokenizer.decode(ids, skip_special_tokens=True))
+    return out
+
+
+def _result(passed: list[bool], responses: list[str]) -> EvalResult:
+    return EvalResult(sum(passed) / max(len(passed), 1), responses, passed)
+
+
+def score(
     model,
     tokenizer,
     renderer: PromptRenderer,
     examples: list[Example],
-    checker: Checker,
+    scorer: Scorer,
     *,
     with_context: bool,
     rollout: RolloutConfig = PAPER_EVAL,
     dtype: str = "bf16",
     seed: int = 0,
+    desc: str | None = None,
 ) -> EvalResult:
-    pairs = [renderer.render(e.messages, e.context) for e in examples]
-    prompts = [p.teacher_ids if with_context else p.student_ids for p in pairs]
-    responses = respond(model, tokenizer, prompts, rollout, dtype, seed)
-    passed = [checker(r) for r in responses]
-    return EvalResult(sum(passed) / len(passed), responses, passed)
+    """Adherence (checkers) or accuracy (graders) on `examples`."""
+    if with_context:
+        prompts = [renderer.render(e.messages, e.context).teacher_ids for e in examples]
+    else:
+        prompts = [renderer.student_ids(e.messages) for e in examples]
+    responses = respond(model, tokenizer, prompts, rollout, dtype, seed, desc)
+    return _result([scorer(r, e) for r, e in zip(responses, examples, strict=True)], responses)
+
+
+def out_of_distribution(
+    model,
+    tokenizer,
+    renderer: PromptRenderer,
+    suites: dict[str, tuple[int, RolloutConfig]],
+    *,
+    dtype: str = "bf16",
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, EvalResult]:
+    """`{"instructions": (60, rollout), "gsm8k": (30, rollout)}` -> one result per suite (n = 0: all items)."""
+    results = {}
+    for name, (n, rollout) in suites.items():
+        load, check = SUITES[name]
+        items = load(n)
+        prompts = [renderer.student_ids([{"role": "user", "content": item.prompt}]) for item in items]
+        responses = respond(model, tokenizer, prompts, rollout, dtype, seed, f"ood {name}" if progress else None)
+        results[name] = _result([check(i, r) for i, r in zip(items, responses, strict=True)], responses)
+    return results
+
+
+def run_eval(
+    model_name: str,
+    data: DataConfig,
+    scorer_specs: tuple[str, ...],
+    side: str,
+    rollout: RolloutConfig,
+    ood: dict,
+    seed: int = 0,
+    dtype: str = "bf16",
+) -> dict:
+    """`opcd eval`: the model's rate on `data` without and/or with its context, plus the OOD suites."""
+    from opcd import models
+    from opcd.data import load_examples, shared_context
+    from opcd.errors import OpcdError
+    from opcd.tasks import build_scorer
+
+    if side != "without" and not shared_context(data).strip():
+        raise OpcdError(f"--context-side {side} needs a context: --context TEXT or --context-file PATH")
+    scorer = build_scorer(list(scorer_specs))
+    examples = load_examples(data, require_context=side != "without")
+    tokenizer = models.load_tokenizer(model_name)
+    renderer = PromptRenderer(tokenizer, data)
+    model = models.load_model(model_name, dtype)
+    out: dict = {"model": model_name, "prompts": data.prompts, "n": len(examples), "rollout": rollout.__dict__}
+    summary = {}
+    for with_context in {"without": [False], "with": [True], "both": [False, True]}[side]:
+        name = "with context" if with_context else "without context"
+        result = score(
+            model,
+            tokenizer,
+            renderer,
+            examples,
+            scorer,
+            with_context=with_context,
+            rollout=rollout,
+            dtype=dtype,
+            seed=seed,
+            desc=name,
+        )
+        out[name], summary[name] = result.summary(), result.rate
+    for name, result in out_of_distribution(model, tokenizer, renderer, ood, dtype=dtype, seed=seed).items():
+        out[f"ood {name}"], summary[f"OOD {name} (n={len(result.passed)})"] = result.summary(), result.rate
+    out["summary"] = summary
+    return out

@@ -156,6 +156,10 @@ def load_tokenizer(name_or_path: str):
 def load_model(name_or_path: str, dtype: str = "fp32"):
     from transformers import AutoModelForCausalLM
 
+    if (Path(name_or_path) / "adapter_config.json").is_file():  # a LoRA checkpoint: base + adapter, merged
+        from peft import AutoPeftModelForCausalLM
+
+        return AutoPeftModelForCausalLM.from_pretrained(name_or_path, dtype=DTYPES[dtype]).merge_and_unload()
     try:
         model = AutoModelForCausalLM.from_pretrained(resolve(name_or_path), dtype=DTYPES[dtype])
     except OSError as e:

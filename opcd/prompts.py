@@ -63,6 +63,10 @@ class PromptRenderer:
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
+    def student_ids(self, messages: list[dict]) -> list[int]:
+        """The plain chat template over the user's own messages: how a distilled model is called."""
+        return self._ids(messages)
+
     def teacher_messages(self, messages: list[dict], context: str) -> list[dict]:
         messages = [dict(m) for m in messages]
         if self.data.placement == "user":

@@ -32,6 +32,14 @@ class Sampler(Protocol):
         """One (response ids, finished) per prompt."""
 
 
+def eos_ids(tokenizer, model) -> set[int]:
+    """The tokenizer's EOS plus any the model's generation config adds (Qwen ends turns with `<|im_end|>`)."""
+    ids = {tokenizer.eos_token_id}
+    extra = model.generation_config.eos_token_id
+    ids.update(extra if isinstance(extra, list) else [extra] if extra is not None else [])
+    return ids
+
+
 def cut_at_eos(tokens: list[int], eos_ids: set[int]) -> tuple[list[int], bool]:
     for i, tok in enumerate(tokens):
         if tok in eos_ids:

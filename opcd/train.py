@@ -25,7 +25,7 @@ from opcd.errors import OpcdError
 from opcd.losses import backward_chunked, reduction_weights, reward_to_go
 from opcd.metrics import MetricsLog
 from opcd.prompts import PromptRenderer, check_lengths
-from opcd.rollout import HFSampler, Rollout, autocast
+from opcd.rollout import HFSampler, Rollout, autocast, eos_ids
 from opcd.scoring import make_batch, response_hidden
 from opcd.teachers import Teacher, build_teacher
 
@@ -50,13 +50,6 @@ def make_optimizer(params, t) -> torch.optim.AdamW:
         return torch.optim.AdamW(params, fused=True, **kwargs)
     except (RuntimeError, TypeError):
         return torch.optim.AdamW(params, **kwargs)
-
-
-def eos_ids(tokenizer, model) -> set[int]:
-    ids = {tokenizer.eos_token_id}
-    extra = model.generation_config.eos_token_id
-    ids.update(extra if isinstance(extra, list) else [extra] if extra is not None else [])
-    return ids
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -234,6 +227,13 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
             sums["loss"] += (values * weights).sum().item()
             timers["student"] += time.perf_counter() - began - (timers["teacher"] - teacher_before)
 
+        kl = sums["kl_full"] / max(total_tokens, 1)
+        if step == 1 and mode.uses_teacher_logits and kl < cfg.loss.min_kl:
+            raise OpcdError(
+                f"step 1: the student without the context is already within {kl:.2g} nats/token of the teacher "
+                f"(loss.min_kl={cfg.loss.min_kl:g}): the context changes nothing for this model, so there is nothing "
+                "to distill. Check that it reaches the teacher (data.placement), or set loss.min_kl=0 to train anyway"
+            )
         began = time.perf_counter()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm > 0 else math.inf)
         finite = bool(torch.isfinite(grad_norm))
@@ -249,7 +249,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
 
         metrics = {
             "loss/value": sums["loss"],
-            "kl/reverse_full": sums["kl_full"] / max(total_tokens, 1),
+            "kl/reverse_full": kl,
             "kl/topk_mass": sums["topk_mass"] / max(total_tokens, 1),
             "rollout/response_tokens": total_tokens / len(rollouts),
             "rollout/truncated": sum(not r.finished for r in rollouts) / len(rollouts),

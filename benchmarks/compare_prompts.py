@@ -1,0 +1,197 @@
+"""The paper's system-prompt comparison on this CPU: Base, In-Context, off-policy distillation and OPCD.
+
+For each system prompt (four behaviours and one task-accuracy prompt), each method and each seed, one
+`opcd distill-prompt` run (`opcd.distill.distill_prompt`) trains Qwen2.5-Coder-0.5B-Instruct and scores it on held-out
+prompts *without* the system prompt, plus the out-of-distribution suites (IF-Eval-style instruction following,
+GSM8K subset). Base and In-Context are the untrained model without and with the prompt (greedy decoding: the same for
+every seed). Writes `results/compare.{md,json,png}`; rerunning skips the runs already finished.
+
+    python benchmarks/compare_prompts.py            # the README's table (about 1.5 hours on 2 cores)
+    python benchmarks/compare_prompts.py --quick    # one behaviour, one seed, 4 steps: checks the pipeline
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from opcd.config import RolloutConfig, load_config  # noqa: E402
+from opcd.distill import OOD_DEFAULT, PRESET, EvalPlan, distill_prompt, write_atomic  # noqa: E402
+
+LEGS = (ROOT / "opcd" / "assets" / "contexts" / "legs.txt").read_text().strip()
+# name: (system prompt, scorer, training prompts, test prompts, training/eval budgets)
+PROMPTS = {
+    "french": ("Always answer in French, whatever language the question is in.", ["language:fr"]),
+    "pirate": ("Start every answer with 'Arr!'.", ["starts_with:Arr!"]),
+    "goodbye": ("End every answer with the sentence 'Have a wonderful day!'", ["ends_with:Have a wonderful day!"]),
+    "uppercase": ("Write your whole answer in UPPERCASE letters only.", ["uppercase"]),
+    "legs": (LEGS, ["number"]),
+}
+TASK = {  # the task-accuracy prompt trains and tests on its own problems, with room for the worked answer
+    "legs": {
+        "train": "opcd:legs_train",
+        "test": "opcd:legs_test",
+        "overrides": ["rollout.max_new_tokens=64"],
+        "eval": RolloutConfig(temperature=0.0, max_new_tokens=320),
+    }
+}
+METHODS = {"offpolicy": "Off-policy CD", "opcd": "OPCD"}
+
+
+def run_cell(out: Path, name: str, method: str, seed: int, steps: int, ood: dict) -> dict:
+    run = out / "runs" / f"{name}-{method}-seed{seed}"
+    if (run / "results.json").is_file():
+        return json.loads((run / "results.json").read_text())
+    context, scorer = PROMPTS[name]
+    task = TASK.get(name, {})
+    cfg = load_config(
+        None,
+        [
+            *PRESET,
+            "model.student=qwen2.5-coder-0.5b-instruct",
+            f"data.prompts={task.get('train', 'opcd:generic_train')}",
+            f"data.context={context}",
+            f"loss.mode={method}",
+            f"train.steps={steps}",
+            f"train.save_every={steps}",
+            f"train.seed={seed}",
+            f"train.run_dir={run}",
+            "train.tensorboard=false",
+            *task.get("overrides", []),
+        ],
+    )
+    plan = EvalPlan(
+        scorer=tuple(scorer),
+        test_prompts=task.get("test", "opcd:generic_eval"),
+        test_max=0 if task else 24,
+        rollout=task.get("eval", RolloutConfig(temperature=0.0, max_new_tokens=48)),
+        ood=ood,
+        keep_weights=False,
+        base_cache=str(out / "base"),
+    )
+    print(f"== {name} / {method} / seed {seed}", flush=True)
+    return distill_prompt(cfg, plan)
+
+
+def mean_std(values: list[float]) -> str:
+    values = [100 * v for v in values]
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def table(cells: dict, names: list[str], seeds: list[int]) -> list[str]:
+    head = "| system prompt (metric) | Base | In-Context | " + " | ".join(METHODS.values())
+    head += " | IF-Eval strict: base → " + " / ".join(METHODS.values()) + " | GSM8K: base → "
+    head += " / ".join(METHODS.values()) + " |"
+    lines = [head, "|" + "---|" * (4 + len(METHODS))]
+    for name in names:
+        first = cells[(name, "opcd", seeds[0])]
+        rates = first["rates"]
+        row = [f"{name} ({first['metric']}, n={first['test']['n']})", mean_std([list(rates.values())[0]])]
+        row.append(mean_std([list(rates.values())[1]]))
+        row += [mean_std([list(cells[(name, m, s)]["rates"].values())[2] for s in seeds]) for m in METHODS]
+        for suite in ("instructions", "gsm8k"):
+            base = 100 * first["ood"][suite]["base"]
+            after = [mean_std([cells[(name, m, s)]["ood"][suite]["student"] for s in seeds]) for m in METHODS]
+            row.append(f"{base:.1f} → " + " / ".join(after))
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def plot(cells: dict, names: list[str], seeds: list[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from opcd.metrics import read_metrics
+
+    fig, (bars, curves) = plt.subplots(1, 2, figsize=(13, 4.2))
+    labels = ["Base", "In-Context", *METHODS.values()]
+    width = 0.8 / len(labels)
+    for j, label in enumerate(labels):
+        heights, errors = [], []
+        for name in names:
+            if j < 2:
+                values = [list(cells[(name, "opcd", seeds[0])]["rates"].values())[j]]
+            else:
+                method = list(METHODS)[j - 2]
+                values = [list(cells[(name, method, s)]["rates"].values())[2] for s in seeds]
+            heights.append(100 * statistics.mean(values))
+            errors.append(100 * statistics.stdev(values) if len(values) > 1 else 0)
+        xs = [i + (j - len(labels) / 2 + 0.5) * width for i in range(len(names))]
+        bars.bar(xs, heights, width, yerr=errors, label=label, capsize=2)
+    bars.set_xticks(range(len(names)), names)
+    bars.set_ylabel("adherence / accuracy without the prompt (%)\n(In-Context: with it)")
+    bars.set_ylim(0, 105)
+    bars.legend(fontsize=8)
+    for name in names:
+        for s in seeds:
+            rows = read_metrics(Path(cells[(name, "opcd", s)]["run_dir"]) / "metrics.jsonl")
+            curves.plot(
+                [r["step"] for r in rows],
+                [r["kl/reverse_full"] for r in rows],
+                alpha=0.8,
+                label=name if s == seeds[0] else None,
+                color=f"C{names.index(name)}",
+            )
+    curves.set_xlabel("OPCD step")
+    curves.set_ylabel("reverse KL to the teacher (nats/token)")
+    curves.set_yscale("log")
+    curves.legend(fontsize=8)
+    curves.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="french only, one seed, 4 steps, small OOD")
+    p.add_argument("--out", default=str(ROOT / "runs" / "compare"), help="run directories and cached scores")
+    p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"), help="where compare.{md,json,png} go")
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--prompts", nargs="+", default=list(PROMPTS), choices=list(PROMPTS))
+    args = p.parse_args()
+    names, seeds, steps, ood = args.prompts, args.seeds, args.steps, dict(OOD_DEFAULT)
+    if args.quick:
+        names, seeds, steps = ["french"], [0], 4
+        ood = {k: (10, r) for k, (_, r) in OOD_DEFAULT.items()}
+    out, results = Path(args.out), Path(args.results)
+    began = time.time()
+    cells = {}
+    for name in names:
+        for seed in seeds:
+            for method in METHODS:
+                cells[(name, method, seed)] = run_cell(out, name, method, seed, steps, ood)
+    minutes = (time.time() - began) / 60
+    lines = table(cells, names, seeds)
+    command = "python benchmarks/compare_prompts.py" + (" --quick" if args.quick else "")
+    train_min = sum(c["train_seconds"] for c in cells.values()) / 60
+    footer = [
+        "",
+        f"`{command}`: Qwen2.5-Coder-0.5B-Instruct, {steps} steps × 8 prompts, seeds {seeds}; mean ± std over seeds "
+        f"(Base and In-Context are greedy, one value). This run: {minutes:.0f} min (training {train_min:.0f} min).",
+    ]
+    print("\n".join(lines + footer))
+    results.mkdir(parents=True, exist_ok=True)
+    suffix = "-quick" if args.quick else ""
+    write_atomic(results / f"compare{suffix}.md", "\n".join(lines + footer) + "\n")
+    flat = {f"{n}/{m}/seed{s}": {k: v for k, v in c.items()} for (n, m, s), c in cells.items()}
+    write_atomic(results / f"compare{suffix}.json", json.dumps(flat, indent=1))
+    plot(cells, names, seeds, results / f"compare{suffix}.png")
+
+
+if __name__ == "__main__":
+    main()

