@@ -45,7 +45,7 @@ TASK = {  # the task-accuracy prompt trains and tests on its own problems, with 
 METHODS = {"offpolicy": "Off-policy CD", "opcd": "OPCD"}
 
 
-def run_cell(out: Path, name: str, method: str, seed: int, steps: int, ood: dict) -> dict:
+def run_cell(out: Path, name: str, method: str, seed: int, steps: int, ood: dict, lr: float) -> dict:
     run = out / "runs" / f"{name}-{method}-seed{seed}"
     if (run / "results.json").is_file():
         return json.loads((run / "results.json").read_text())
@@ -60,6 +60,7 @@ def run_cell(out: Path, name: str, method: str, seed: int, steps: int, ood: dict
             f"data.context={context}",
             f"loss.mode={method}",
             f"train.steps={steps}",
+            f"train.lr={lr}",
             f"train.save_every={steps}",
             f"train.seed={seed}",
             f"train.run_dir={run}",
@@ -161,6 +162,7 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "runs" / "compare"), help="run directories and cached scores")
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"), help="where compare.{md,json,png} go")
     p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--lr", type=float, default=2e-5, help="preset: 1e-5 for 20 steps")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--prompts", nargs="+", default=list(PROMPTS), choices=list(PROMPTS))
     args = p.parse_args()
@@ -171,17 +173,18 @@ def main() -> None:
     out, results = Path(args.out), Path(args.results)
     began = time.time()
     cells = {}
-    for name in names:
-        for seed in seeds:
+    for seed in seeds:  # every prompt's first seed before any second seed: a partial run still covers all prompts
+        for name in names:
             for method in METHODS:
-                cells[(name, method, seed)] = run_cell(out, name, method, seed, steps, ood)
+                cells[(name, method, seed)] = run_cell(out, name, method, seed, steps, ood, args.lr)
     minutes = (time.time() - began) / 60
     lines = table(cells, names, seeds)
     command = "python benchmarks/compare_prompts.py" + (" --quick" if args.quick else "")
     train_min = sum(c["train_seconds"] for c in cells.values()) / 60
     footer = [
         "",
-        f"`{command}`: Qwen2.5-Coder-0.5B-Instruct, {steps} steps × 8 prompts, seeds {seeds}; mean ± std over seeds "
+        f"`{command}`: Qwen2.5-Coder-0.5B-Instruct, {steps} steps × 8 prompts, lr {args.lr:g}, seeds {seeds}; "
+        "mean ± std over seeds "
         f"(Base and In-Context are greedy, one value). This run: {minutes:.0f} min (training {train_min:.0f} min).",
     ]
     print("\n".join(lines + footer))

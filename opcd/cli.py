@@ -128,7 +128,7 @@ def _eval(args) -> None:
         print(f"responses and scores: {args.out}")
 
 
-def _add_eval_args(p: argparse.ArgumentParser) -> None:
+def _add_eval_args(p: argparse.ArgumentParser, sampling: str) -> None:
     p.add_argument(
         "--check",
         action="append",
@@ -139,12 +139,12 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--sampling",
         choices=["greedy", "paper"],
-        default="greedy",
-        help="greedy (default), or the paper's T=1.0, top-p 0.95, top-k 20",
+        default=sampling,
+        help=f"greedy, or the paper's T=1.0, top-p 0.95, top-k 20 (default: {sampling})",
     )
     p.add_argument("--max-new-tokens", type=int, default=0, help="evaluation budget (default 48 greedy, 512 paper)")
     p.add_argument("--no-ood", action="store_true", help="skip the out-of-distribution suites")
-    p.add_argument("--gsm8k", type=int, default=None, help="GSM8K test problems in the OOD check (default 30)")
+    p.add_argument("--gsm8k", type=int, default=None, help="GSM8K test problems in the OOD check (default 20)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -173,7 +173,7 @@ def parser() -> argparse.ArgumentParser:
     dp.add_argument("--method", choices=["opcd", "offpolicy", "sft"], default="opcd")
     dp.add_argument("--config", help="TOML config to start from instead of the CPU-sized preset")
     dp.add_argument("--run-dir", default="runs/distill")
-    _add_eval_args(dp)
+    _add_eval_args(dp, "greedy")
     dp.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.steps=40")
     dp.set_defaults(func=_distill)
 
@@ -187,7 +187,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--context-side", choices=["without", "with", "both"], default="without")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", help="write every response and score to this JSON file")
-    _add_eval_args(e)
+    _add_eval_args(e, "paper")
     e.set_defaults(func=_eval)
 
     d = sub.add_parser("demo", help="distill a system prompt into the default model on this CPU")

@@ -24,6 +24,8 @@ class ModelConfig:
     ema_decay: float = 0.99  # teacher = ema: weight of the old teacher per step
     teacher_cache: bool = True  # frozen teachers: compute the shared context's keys/values once per run
     dtype: Literal["bf16", "fp32"] = "bf16"  # compute dtype (autocast); trainable weights stay fp32
+    device: str = "auto"  # auto (this rank's GPU if any, else cpu) | cpu | cuda | cuda:N
+    teacher_device: str = ""  # a frozen or cross-size teacher on another device, e.g. cuda:1 ("" = the student's)
     lora_rank: int = 0  # 0 = full fine-tuning; > 0 = LoRA through PEFT
     lora_alpha: int = 32
     lora_dropout: float = 0.0

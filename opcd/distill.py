@@ -44,8 +44,8 @@ PRESET = [
 ]
 GREEDY_SHORT = RolloutConfig(temperature=0.0, max_new_tokens=48)
 OOD_DEFAULT = {
-    "instructions": (0, RolloutConfig(temperature=0.0, max_new_tokens=160)),
-    "gsm8k": (30, RolloutConfig(temperature=0.0, max_new_tokens=256)),
+    "instructions": (0, RolloutConfig(temperature=0.0, max_new_tokens=128, batch_size=30)),
+    "gsm8k": (20, RolloutConfig(temperature=0.0, max_new_tokens=256, batch_size=20)),
 }
 
 
@@ -91,7 +91,7 @@ def evaluate_model(
     model_path: str, cfg: Config, plan: EvalPlan, renderer, examples, scorer, *, with_context: bool, label: str
 ) -> dict:
     """Held-out rate of one model, with or without the context."""
-    model = models.load_model(model_path, cfg.model.dtype)
+    model = models.load_model(model_path, cfg.model.dtype, cfg.model.device)
     result = score(
         model,
         renderer.tokenizer,
@@ -107,7 +107,7 @@ def evaluate_model(
 
 
 def evaluate_ood(model_path: str, cfg: Config, plan: EvalPlan, renderer) -> dict:
-    model = models.load_model(model_path, cfg.model.dtype)
+    model = models.load_model(model_path, cfg.model.dtype, cfg.model.device)
     return _summaries(out_of_distribution(model, renderer.tokenizer, renderer, plan.ood, dtype=cfg.model.dtype))
 
 
@@ -152,7 +152,7 @@ def _select(run: Path, cfg: Config, plan: EvalPlan, renderer, scorer, held_out) 
     )
 
 
-def _plot(rows: list[dict], rates: list[tuple[str, float]], path: Path, metric: str) -> None:
+def _plot(rows: list[dict], rates: list[tuple[str, float]], path: Path, metric: str, validation: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -165,6 +165,12 @@ def _plot(rows: list[dict], rates: list[tuple[str, float]], path: Path, metric: 
     left.set_ylabel("reverse KL to the teacher (nats/token)" if key.startswith("kl") else "loss")
     left.set_title("training")
     left.grid(alpha=0.3)
+    if validation:  # the selection's scores, checkpoint by checkpoint
+        twin = left.twinx()
+        steps = sorted(validation)
+        twin.plot(steps, [100 * validation[s] for s in steps], marker="s", color="#e07b39")
+        twin.set_ylabel(f"validation {metric} (%)", color="#e07b39")
+        twin.set_ylim(0, 105)
     names, values = zip(*rates, strict=True)
     right.barh(names, [100 * v for v in values], color=["#999", "#4a90d9", "#e07b39"][: len(values)])
     right.set_xlabel(f"{metric} on held-out prompts (%)")
@@ -300,7 +306,7 @@ def distill_prompt(cfg: Config, plan: EvalPlan, *, progress: bool = True) -> dic
         "train_seconds": sum(r["time/step"] for r in rows),
         "seconds": time.time() - began,
     }
-    _plot(rows, rates, run / "training.png", metric)
+    _plot(rows, rates, run / "training.png", metric, selection.get("validation_rates", {}))
     write_atomic(run / "results.json", json.dumps(results, indent=1))
     write_atomic(
         run / "report.md", report(results, held_out, base["without"]["test"]["responses"], student["test"]["responses"])

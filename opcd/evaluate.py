@@ -20,7 +20,7 @@ from opcd.tasks import Scorer
 from opcd.tasks.ood import SUITES
 
 PAPER_EVAL = RolloutConfig(temperature=1.0, top_p=0.95, top_k=20, max_new_tokens=512)
-GENERATION_BATCH = 16  # prompts per `generate` call when the rollout config does not say
+GENERATION_BATCH = 32  # prompts per `generate` call when the rollout config does not say
 
 
 @dataclass
@@ -122,7 +122,7 @@ def run_eval(
     examples = load_examples(data, require_context=side != "without")
     tokenizer = models.load_tokenizer(model_name)
     renderer = PromptRenderer(tokenizer, data)
-    model = models.load_model(model_name, dtype)
+    model = models.load_model(model_name, dtype, "auto")
     out: dict = {"model": model_name, "prompts": data.prompts, "n": len(examples), "rollout": rollout.__dict__}
     summary = {}
     for with_context in {"without": [False], "with": [True], "both": [False, True]}[side]:

@@ -153,17 +153,23 @@ def load_tokenizer(name_or_path: str):
     return tokenizer
 
 
-def load_model(name_or_path: str, dtype: str = "fp32"):
+def load_model(name_or_path: str, dtype: str = "fp32", device: str | None = None):
+    """A causal LM in `dtype` (a LoRA checkpoint comes back merged), on `device` (`auto`: this rank's GPU, else cpu)."""
     from transformers import AutoModelForCausalLM
 
     if (Path(name_or_path) / "adapter_config.json").is_file():  # a LoRA checkpoint: base + adapter, merged
         from peft import AutoPeftModelForCausalLM
 
-        return AutoPeftModelForCausalLM.from_pretrained(name_or_path, dtype=DTYPES[dtype]).merge_and_unload()
-    try:
-        model = AutoModelForCausalLM.from_pretrained(resolve(name_or_path), dtype=DTYPES[dtype])
-    except OSError as e:
-        raise OpcdError(f"model '{name_or_path}': cannot load ({str(e).splitlines()[0]})") from e
+        model = AutoPeftModelForCausalLM.from_pretrained(name_or_path, dtype=DTYPES[dtype]).merge_and_unload()
+    else:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(resolve(name_or_path), dtype=DTYPES[dtype])
+        except OSError as e:
+            raise OpcdError(f"model '{name_or_path}': cannot load ({str(e).splitlines()[0]})") from e
+    if device is not None:
+        from opcd.rollout import resolve_device
+
+        model = model.to(resolve_device(device))
     return model
 
 

@@ -8,6 +8,7 @@ from a distribution other than the one the loss assumes.
 
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Protocol
@@ -47,8 +48,22 @@ def cut_at_eos(tokens: list[int], eos_ids: set[int]) -> tuple[list[int], bool]:
     return tokens, False
 
 
-def autocast(dtype: str):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
+def autocast(dtype: str, device: torch.device | str = "cpu"):
+    """bf16 autocast on the device's kind (cpu, cuda); fp32 runs as it is."""
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
+
+
+def device_of(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto`: this process's GPU (`LOCAL_RANK` under a launcher) when CUDA is there, else the CPU."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
 
 
 class HFSampler:
@@ -84,9 +99,10 @@ class HFSampler:
         for start in range(0, len(prompts), size):
             group = prompts[start : start + size]
             width = max(map(len, group))
-            ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in group])
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in group])
-            with autocast(self.dtype):
+            device = device_of(self.model)
+            ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in group], device=device)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in group], device=device)
+            with autocast(self.dtype, device):
                 out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=self.config)
             results += [cut_at_eos(row[width:].tolist(), self.eos_ids) for row in out]
         self.model.train(was_training)

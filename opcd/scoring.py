@@ -46,6 +46,12 @@ class Batch:
         ones = self.attention_mask.new_ones(self.attention_mask.shape[0], len(self.prefix.ids))
         return torch.cat([ones, self.attention_mask], dim=1)
 
+    def to(self, device) -> Batch:
+        """The same batch with its tensors on `device` (the cached prefix stays where its model is)."""
+        names = ("input_ids", "attention_mask", "response_ids", "response_mask")
+        move = {k: getattr(self, k).to(device) for k in names}
+        return Batch(**move, prompt_width=self.prompt_width, prefix=self.prefix)
+
     @property
     def position_ids(self) -> Tensor:
         full = self.full_attention_mask()
@@ -85,6 +91,10 @@ def make_batch(
     )
 
 
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
 def decoder_of(model):
     """The transformer body (everything before the vocabulary head), also through a PEFT wrapper."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -106,6 +116,7 @@ def _cache_kwarg(decoder, cache) -> dict:
 
 def response_hidden(model, batch: Batch) -> Tensor:
     """Final hidden states that predict each response token, [B, R, H]."""
+    batch = batch.to(model_device(model))
     cache = None if batch.prefix is None else _expanded_cache(model, batch.prefix, batch.input_ids.shape[0])
     decoder = decoder_of(model)
     out = decoder(
@@ -136,7 +147,7 @@ def compute_prefix(model, ids: tuple[int, ...]) -> PrefixKV:
 
     cache = DynamicCache(config=model.config)
     decoder = decoder_of(model)
-    decoder(input_ids=torch.tensor([ids]), **_cache_kwarg(decoder, cache))
+    decoder(input_ids=torch.tensor([ids], device=model_device(model)), **_cache_kwarg(decoder, cache))
     return PrefixKV(ids, [(layer.keys, layer.values) for layer in cache.layers])
 
 
@@ -195,7 +206,7 @@ def packed_hidden(model, prefix: PrefixKV, prompts: list[list[int]], responses: 
     Expanding the prefix cache to B rows would copy it B times in every layer (and again for grouped-query heads);
     instead the rows' remaining tokens are laid end to end after the prefix, and a block mask lets each token see the
     prefix, and the earlier tokens of its own row only. Positions continue from the prefix in every row."""
-    n = len(prefix.ids)
+    n, device = len(prefix.ids), model_device(model)
     rows = [p[n:] + r for p, r in zip(prompts, responses, strict=True)]
     total = sum(map(len, rows))
     segment = torch.cat([torch.full((len(row),), i) for i, row in enumerate(rows)])
@@ -204,9 +215,9 @@ def packed_hidden(model, prefix: PrefixKV, prompts: list[list[int]], responses: 
     mask = torch.cat([torch.ones(total, n, dtype=torch.bool), own], dim=1)[None, None]  # [1, 1, Q, n + Q]
     decoder = decoder_of(model)
     out = decoder(
-        input_ids=torch.tensor([[tok for row in rows for tok in row]]),
-        attention_mask=mask,
-        position_ids=(offset + n)[None],
+        input_ids=torch.tensor([[tok for row in rows for tok in row]], device=device),
+        attention_mask=mask.to(device),
+        position_ids=(offset + n)[None].to(device),
         **_cache_kwarg(decoder, _expanded_cache(model, prefix, 1)),
     ).last_hidden_state[0]
     # the state predicting response token t of row i sits just before it: row start + len(prompt rest) - 1 + t
@@ -214,4 +225,4 @@ def packed_hidden(model, prefix: PrefixKV, prompts: list[list[int]], responses: 
     index = torch.zeros(len(rows), width, dtype=torch.long)
     for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
         index[i, : len(r)] = starts[i] + len(p) - n - 1 + torch.arange(len(r))
-    return out[index]
+    return out[index.to(device)]

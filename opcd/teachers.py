@@ -17,7 +17,7 @@ import torch
 from opcd import models
 from opcd.config import ModelConfig
 from opcd.errors import OpcdError
-from opcd.rollout import autocast
+from opcd.rollout import autocast, device_of, resolve_device
 from opcd.scoring import PrefixCache, grouped_hidden
 
 
@@ -56,12 +56,12 @@ class Teacher:
     @torch.no_grad()
     def hidden(self, prompts, responses, prefix_lens, pad_id: int, dtype: str) -> torch.Tensor:
         """Teacher hidden states that predict each response token, [B, R, H], context prefixes from the cache."""
-        with self.active() as model, autocast(dtype):
+        with self.active() as model, autocast(dtype, device_of(model)):
             return grouped_hidden(model, prompts, responses, prefix_lens, pad_id, self.cache)
 
     @torch.no_grad()
     def head(self, hidden: torch.Tensor, dtype: str) -> torch.Tensor:
-        with self.active() as model, autocast(dtype):
+        with self.active() as model, autocast(dtype, device_of(model)):
             return model.get_output_embeddings()(hidden)
 
     @torch.no_grad()
@@ -80,8 +80,10 @@ class Teacher:
             self.model.load_state_dict(state)
 
 
-def _frozen_copy(student, dtype: str):
+def _frozen_copy(student, dtype: str, device: str):
     teacher = copy.deepcopy(student).to(models.DTYPES[dtype])
+    if device:
+        teacher = teacher.to(resolve_device(device))
     return teacher.eval().requires_grad_(False)
 
 
@@ -91,16 +93,19 @@ def build_teacher(cfg: ModelConfig, student, student_tokenizer) -> Teacher:
     if cfg.teacher == "frozen":
         if lora:
             return Teacher(student, adapter_off=True, cache=cache)
-        return Teacher(_frozen_copy(student, cfg.dtype), cache=cache)
+        return Teacher(_frozen_copy(student, cfg.dtype, cfg.teacher_device), cache=cache)
     if cfg.teacher == "live":
         return Teacher(student)
     if cfg.teacher == "ema":
         if lora:
             raise OpcdError("model.teacher = 'ema' needs full fine-tuning: set model.lora_rank = 0")
-        return Teacher(_frozen_copy(student, cfg.dtype), student=student, ema_decay=cfg.ema_decay)
+        if cfg.teacher_device:
+            raise OpcdError("model.teacher = 'ema' lives beside the student: leave model.teacher_device empty")
+        return Teacher(_frozen_copy(student, cfg.dtype, ""), student=student, ema_decay=cfg.ema_decay)
     teacher_tokenizer = models.load_tokenizer(cfg.teacher)
     models.check_compatible(student_tokenizer, teacher_tokenizer, cfg.student, cfg.teacher)
     model = models.load_model(cfg.teacher, cfg.dtype).eval().requires_grad_(False)
+    model = model.to(resolve_device(cfg.teacher_device) if cfg.teacher_device else device_of(student))
     if models.vocab_rows(model) != models.vocab_rows(student):
         raise OpcdError(
             f"teacher '{cfg.teacher}' has {models.vocab_rows(model)} output rows, student '{cfg.student}' has "

@@ -25,7 +25,7 @@ from opcd.errors import OpcdError
 from opcd.losses import backward_chunked, reduction_weights, reward_to_go
 from opcd.metrics import MetricsLog
 from opcd.prompts import PromptRenderer, check_lengths
-from opcd.rollout import HFSampler, Rollout, autocast, eos_ids
+from opcd.rollout import HFSampler, Rollout, autocast, eos_ids, resolve_device
 from opcd.scoring import make_batch, response_hidden
 from opcd.teachers import Teacher, build_teacher
 
@@ -121,7 +121,8 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
     examples = load_examples(cfg.data)
     renderer = PromptRenderer(tokenizer, cfg.data)
     pairs = [renderer.render(e.messages, e.context) for e in examples]
-    student = build_student(cfg.model)
+    device = resolve_device(cfg.model.device)
+    student = build_student(cfg.model).to(device)
     limit = getattr(student.config, "max_position_embeddings", None) or 10**9
     check_lengths(pairs, [e.source for e in examples], limit, cfg.rollout.max_new_tokens)
     teacher = build_teacher(cfg.model, student, tokenizer)
@@ -150,12 +151,12 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
     warned = False
 
     def student_head(hidden):
-        with autocast(dtype):
+        with autocast(dtype, device):
             return head(hidden)
 
     def teacher_head(hidden):
         began = time.perf_counter()
-        logits = teacher.head(hidden, dtype)
+        logits = teacher.head(hidden, dtype).to(device)  # a teacher on another device hands its logits over
         timers["teacher"] += time.perf_counter() - began
         return logits
 
@@ -181,7 +182,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
         for start in range(0, len(rollouts), t.micro_batch_size):
             micro = rollouts[start : start + t.micro_batch_size]
             responses = [r.response for r in micro]
-            s_batch = make_batch([r.student_prompt for r in micro], responses, tokenizer.pad_token_id)
+            s_batch = make_batch([r.student_prompt for r in micro], responses, tokenizer.pad_token_id).to(device)
             mask = s_batch.response_mask
             weights = reduction_weights(
                 mask, cfg.loss.reduction, total_tokens=total_tokens, total_sequences=len(rollouts)
@@ -198,7 +199,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
                 )
                 timers["teacher"] += time.perf_counter() - began
             began, teacher_before = time.perf_counter(), timers["teacher"]
-            with autocast(dtype):
+            with autocast(dtype, device):
                 s_hidden = response_hidden(student, s_batch)
             loss_fn = token_loss
             if objectives.needs_returns(cfg.loss):
