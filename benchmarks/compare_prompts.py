@@ -26,11 +26,11 @@ from opcd.config import RolloutConfig, load_config  # noqa: E402
 from opcd.distill import OOD_DEFAULT, PRESET, EvalPlan, distill_prompt, write_atomic  # noqa: E402
 
 LEGS = (ROOT / "opcd" / "assets" / "contexts" / "legs.txt").read_text().strip()
-# name: (system prompt, scorer, training prompts, test prompts, training/eval budgets)
+# name: (system prompt, scorer); every behaviour is checkable within the 48-token evaluation budget
 PROMPTS = {
     "french": ("Always answer in French, whatever language the question is in.", ["language:fr"]),
     "pirate": ("Start every answer with 'Arr!'.", ["starts_with:Arr!"]),
-    "goodbye": ("End every answer with the sentence 'Have a wonderful day!'", ["ends_with:Have a wonderful day!"]),
+    "brief": ("Answer in one short sentence of at most 12 words.", ["max_words:12"]),
     "uppercase": ("Write your whole answer in UPPERCASE letters only.", ["uppercase"]),
     "legs": (LEGS, ["number"]),
 }
@@ -48,7 +48,11 @@ METHODS = {"offpolicy": "Off-policy CD", "opcd": "OPCD"}
 def run_cell(out: Path, name: str, method: str, seed: int, steps: int, ood: dict, lr: float) -> dict:
     run = out / "runs" / f"{name}-{method}-seed{seed}"
     if (run / "results.json").is_file():
-        return json.loads((run / "results.json").read_text())
+        done = json.loads((run / "results.json").read_text())
+        saved = (run / "config.toml").read_text()
+        if done["steps"] != steps or f"lr = {lr!r}" not in saved:
+            raise SystemExit(f"{run} holds a run with other settings (steps/lr): pass another --out")
+        return done
     context, scorer = PROMPTS[name]
     task = TASK.get(name, {})
     cfg = load_config(
@@ -92,7 +96,7 @@ def table(cells: dict, names: list[str], seeds: list[int]) -> list[str]:
     head = "| system prompt (metric) | Base | In-Context | " + " | ".join(METHODS.values())
     head += " | IF-Eval strict: base → " + " / ".join(METHODS.values()) + " | GSM8K: base → "
     head += " / ".join(METHODS.values()) + " |"
-    lines = [head, "|" + "---|" * (4 + len(METHODS))]
+    lines = [head, "|" + "---|" * (head.count(" | ") + 1)]
     for name in names:
         first = cells[(name, "opcd", seeds[0])]
         rates = first["rates"]
@@ -170,7 +174,7 @@ def main() -> None:
     if args.quick:
         names, seeds, steps = ["french"], [0], 4
         ood = {k: (10, r) for k, (_, r) in OOD_DEFAULT.items()}
-    out, results = Path(args.out), Path(args.results)
+    out, results = Path(args.out + ("-quick" if args.quick else "")), Path(args.results)
     began = time.time()
     cells = {}
     for seed in seeds:  # every prompt's first seed before any second seed: a partial run still covers all prompts

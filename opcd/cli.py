@@ -55,11 +55,16 @@ def _eval_rollout(args):
 
 def _ood_suites(args) -> dict:
     from opcd.distill import OOD_DEFAULT
+    from opcd.errors import OpcdError
 
     if args.no_ood:
         return {}
-    n, rollout = OOD_DEFAULT["gsm8k"]
-    return {**OOD_DEFAULT, "gsm8k": (args.gsm8k if args.gsm8k is not None else n, rollout)}
+    if args.gsm8k is None:
+        return dict(OOD_DEFAULT)
+    if args.gsm8k < 0:
+        raise OpcdError(f"--gsm8k {args.gsm8k}: give a number of problems (0 leaves GSM8K out)")
+    suites = {k: v for k, v in OOD_DEFAULT.items() if k != "gsm8k"}
+    return suites | ({"gsm8k": (args.gsm8k, OOD_DEFAULT["gsm8k"][1])} if args.gsm8k else {})
 
 
 def _distill(args) -> None:
@@ -68,16 +73,23 @@ def _distill(args) -> None:
 
     context = [f"data.context_file={args.system_prompt_file}"] if args.system_prompt_file else []
     context += [f"data.context={args.system_prompt}"] if args.system_prompt is not None else []
-    preset = [] if args.config else PRESET
+    # without --config: the CPU preset and these options' defaults; with it, only the options given override it
+    keys = {"model": "model.student", "prompts": "data.prompts", "method": "loss.mode", "run_dir": "train.run_dir"}
+    defaults = {"model": "qwen2.5-coder-0.5b-instruct", "prompts": "opcd:generic_train", "method": "opcd"}
+    defaults["run_dir"] = "runs/distill"
+    chosen = []
+    for name, key in keys.items():
+        value = getattr(args, name)
+        if value is None and not args.config:
+            value = defaults[name]
+        if value is not None:
+            chosen.append(f"{key}={value}")
     cfg = load_config(
         args.config,
         [
-            *preset,
+            *([] if args.config else PRESET),
             *context,
-            f"model.student={args.model}",
-            f"data.prompts={args.prompts}",
-            f"loss.mode={args.method}",
-            f"train.run_dir={args.run_dir}",
+            *chosen,
             *args.overrides,
         ],
     )
@@ -144,7 +156,9 @@ def _add_eval_args(p: argparse.ArgumentParser, sampling: str) -> None:
     )
     p.add_argument("--max-new-tokens", type=int, default=0, help="evaluation budget (default 48 greedy, 512 paper)")
     p.add_argument("--no-ood", action="store_true", help="skip the out-of-distribution suites")
-    p.add_argument("--gsm8k", type=int, default=None, help="GSM8K test problems in the OOD check (default 20)")
+    p.add_argument(
+        "--gsm8k", type=int, default=None, help="GSM8K test problems in the OOD check (default 20; 0 leaves it out)"
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -165,14 +179,14 @@ def parser() -> argparse.ArgumentParser:
     ctx = dp.add_mutually_exclusive_group()
     ctx.add_argument("--system-prompt", help="the system prompt text to distill")
     ctx.add_argument("--system-prompt-file", help="a file holding the system prompt")
-    dp.add_argument("--model", default="qwen2.5-coder-0.5b-instruct", help="packaged name, directory or hub id")
-    dp.add_argument("--prompts", default="opcd:generic_train", help="training prompts (JSONL or opcd:NAME)")
+    dp.add_argument("--model", help="packaged name, directory or hub id (default qwen2.5-coder-0.5b-instruct)")
+    dp.add_argument("--prompts", help="training prompts, JSONL or opcd:NAME (default opcd:generic_train)")
     dp.add_argument("--test-prompts", default="opcd:generic_eval", help="held-out prompts, disjoint from --prompts")
     dp.add_argument("--test-max", type=int, default=24, help="use the first N held-out prompts (0 = all)")
     dp.add_argument("--validation-prompts", default="", help="pick the checkpoint on these (default: the last one)")
-    dp.add_argument("--method", choices=["opcd", "offpolicy", "sft"], default="opcd")
+    dp.add_argument("--method", choices=["opcd", "offpolicy", "sft"], help="default opcd")
     dp.add_argument("--config", help="TOML config to start from instead of the CPU-sized preset")
-    dp.add_argument("--run-dir", default="runs/distill")
+    dp.add_argument("--run-dir", help="default runs/distill")
     _add_eval_args(dp, "greedy")
     dp.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.steps=40")
     dp.set_defaults(func=_distill)
@@ -181,8 +195,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("model", help="packaged name, model directory, checkpoint's model/ directory or hub id")
     e.add_argument("--prompts", default="opcd:generic_eval", help="JSONL or opcd:NAME")
     e.add_argument("--max-prompts", type=int, default=0, help="first N prompts (0 = all)")
-    e.add_argument("--context", help="the context (system prompt) for the with-context side")
-    e.add_argument("--context-file", help="a file holding the context")
+    ectx = e.add_mutually_exclusive_group()
+    ectx.add_argument("--context", help="the context (system prompt) for the with-context side")
+    ectx.add_argument("--context-file", help="a file holding the context")
     e.add_argument("--placement", choices=["system", "user"], default="system")
     e.add_argument("--context-side", choices=["without", "with", "both"], default="without")
     e.add_argument("--seed", type=int, default=0)
@@ -205,7 +220,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"opcd: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("opcd: interrupted (checkpoints written so far are intact; rerun with --resume)", file=sys.stderr)
+        again = {
+            "train": "rerun with --resume",
+            "distill-prompt": "rerun the same command to resume",
+            "demo": "rerun the same command to resume",
+        }
+        hint = again.get(args.command, "nothing was written")
+        print(f"opcd: interrupted (checkpoints and results written so far are intact; {hint})", file=sys.stderr)
         return 130
     return 0
 

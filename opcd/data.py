@@ -8,6 +8,7 @@ Blank lines are skipped; anything else malformed fails with `file:line` and the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,16 +32,31 @@ def prompt_key(example: Example) -> str:
     return "\n".join(" ".join(m["content"].lower().split()) for m in example.messages if m["role"] != "system")
 
 
-def check_disjoint(train: list[Example], held_out: list[Example], train_name: str, held_out_name: str) -> None:
-    """Refuse evaluation prompts that were also trained on: the score would measure memorization."""
+def check_disjoint(
+    train: list[Example],
+    held_out: list[Example],
+    train_name: str,
+    held_out_name: str,
+    held_out_kind: str = "evaluation",
+    train_kind: str = "training",
+) -> None:
+    """Refuse evaluation prompts that were also trained on (or selected on): the score would measure memorization."""
     seen = {prompt_key(e): e.source for e in train}
     shared = [(e.source, seen[prompt_key(e)]) for e in held_out if prompt_key(e) in seen]
     if shared:
         where, also = shared[0]
         raise OpcdError(
-            f"{len(shared)} evaluation prompt(s) of '{held_out_name}' also appear in the training prompts "
+            f"{len(shared)} {held_out_kind} prompt(s) of '{held_out_name}' also appear in the {train_kind} prompts "
             f"'{train_name}' (first: {where} = {also}): remove them from one of the two files"
         )
+
+
+def file_digest(name: str) -> str:
+    """SHA-256 of a prompts file's bytes ("" for no file): cached scores follow the file's content, not its name."""
+    if not name:
+        return ""
+    path = resolve_path(name)
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
 
 
 def _messages(row: dict, where: str) -> list[dict]:

@@ -20,14 +20,15 @@ from pathlib import Path
 
 from opcd import models
 from opcd.checkpoint import list_checkpoints
-from opcd.config import Config, DataConfig, RolloutConfig
-from opcd.data import check_disjoint, load_examples, shared_context
+from opcd.config import Config, DataConfig, RolloutConfig, validate
+from opcd.data import check_disjoint, file_digest, load_examples, shared_context
 from opcd.errors import OpcdError
 from opcd.evaluate import EvalResult, out_of_distribution, score
 from opcd.metrics import read_metrics
 from opcd.prompts import PromptRenderer
-from opcd.tasks import build_scorer
-from opcd.train import train
+from opcd.tasks import build_scorer, is_grader
+from opcd.tasks.ood import ood_digest
+from opcd.train import check_resumable, train
 
 # The CPU-sized training preset `opcd distill-prompt` starts from (without --config): measured on Qwen2.5-Coder-0.5B,
 # 2 cores, ~12 s per step; the README's "Choosing the estimator and learning rate" says why these values.
@@ -111,6 +112,10 @@ def evaluate_ood(model_path: str, cfg: Config, plan: EvalPlan, renderer) -> dict
     return _summaries(out_of_distribution(model, renderer.tokenizer, renderer, plan.ood, dtype=cfg.model.dtype))
 
 
+def _validation_data(cfg: Config, plan: EvalPlan) -> DataConfig:
+    return DataConfig(**{**asdict(cfg.data), "prompts": plan.validation_prompts, "max_prompts": plan.validation_max})
+
+
 def _select(run: Path, cfg: Config, plan: EvalPlan, renderer, scorer, held_out) -> tuple[int, Path, dict]:
     """The checkpoint to report: the last, or the best on the validation prompts (ties: the later one)."""
     found = list_checkpoints(run)
@@ -119,12 +124,18 @@ def _select(run: Path, cfg: Config, plan: EvalPlan, renderer, scorer, held_out) 
     if not plan.validation_prompts:
         step, path = found[-1]
         return step, path, {"rule": "last checkpoint (no validation split given)"}
-    data = DataConfig(**{**asdict(cfg.data), "prompts": plan.validation_prompts, "max_prompts": plan.validation_max})
-    validation = load_examples(data)
-    check_disjoint(validation, held_out, plan.validation_prompts, plan.test_prompts)
+    validation = load_examples(_validation_data(cfg, plan))
     rates = {}
     for step, path in found:
-        key = {"model": str(path), "validation": plan.validation_prompts, "scorer": plan.scorer, "n": len(validation)}
+        key = {
+            "model": str(path),
+            "mtime": (path / "model").stat().st_mtime,
+            "dtype": cfg.model.dtype,
+            "validation": asdict(_validation_data(cfg, plan)),
+            "file": file_digest(plan.validation_prompts),
+            "scorer": plan.scorer,
+            "rollout": asdict(plan.rollout),
+        }
         rates[step] = _cached(
             run / "eval",
             f"validation-{step}",
@@ -186,35 +197,37 @@ def _plot(rows: list[dict], rates: list[tuple[str, float]], path: Path, metric: 
 def distill_prompt(cfg: Config, plan: EvalPlan, *, progress: bool = True) -> dict:
     """Evaluate, train, select, evaluate; returns (and writes) the results. Rerunning resumes."""
     began = time.time()
+    # every input is checked before the first (minutes-long) evaluation
+    validate(cfg)
+    run = Path(cfg.train.run_dir)
+    check_resumable(run, cfg)
     scorer = build_scorer(list(plan.scorer))
     train_examples = load_examples(cfg.data)
     test_data = DataConfig(**{**asdict(cfg.data), "prompts": plan.test_prompts, "max_prompts": plan.test_max})
     held_out = load_examples(test_data)
     check_disjoint(train_examples, held_out, cfg.data.prompts, plan.test_prompts)
     if plan.validation_prompts:
-        check_disjoint(
-            train_examples,
-            load_examples(DataConfig(**{**asdict(test_data), "prompts": plan.validation_prompts})),
-            cfg.data.prompts,
-            plan.validation_prompts,
-        )
-    run = Path(cfg.train.run_dir)
+        validation = load_examples(_validation_data(cfg, plan))
+        check_disjoint(train_examples, validation, cfg.data.prompts, plan.validation_prompts, "validation")
+        check_disjoint(validation, held_out, plan.validation_prompts, plan.test_prompts, "test", "validation")
+    if is_grader(plan.scorer):
+        missing = [e.source for e in held_out if e.answer is None]
+        if missing:
+            raise OpcdError(f"{missing[0]}: grader '{plan.scorer[0]}' needs an 'answer' field on every test example")
     tokenizer = models.load_tokenizer(cfg.model.student)
     renderer = PromptRenderer(tokenizer, cfg.data)
-    metric = (
-        "accuracy"
-        if len(plan.scorer) == 1 and plan.scorer[0] in ("number", "choice", "yes_no", "math")
-        else "adherence"
-    )
+    metric = "accuracy" if is_grader(plan.scorer) else "adherence"
     cache = Path(plan.base_cache) if plan.base_cache else run / "eval"
     base_key = {
         "model": cfg.model.student,
+        "dtype": cfg.model.dtype,
         "data": asdict(test_data),
+        "context": shared_context(cfg.data),
+        "test_file": file_digest(plan.test_prompts),
         "scorer": plan.scorer,
         "rollout": asdict(plan.rollout),
-        "keep_default_system": cfg.data.keep_default_system,
     }
-    ood_key = {"model": cfg.model.student, "ood": str(plan.ood), "dtype": cfg.model.dtype}
+    ood_key = {"model": cfg.model.student, "ood": str(plan.ood), "dtype": cfg.model.dtype, "items": ood_digest()}
     base = {
         "without": _cached(
             cache,
@@ -275,9 +288,6 @@ def distill_prompt(cfg: Config, plan: EvalPlan, *, progress: bool = True) -> dic
             {**ood_key, **student_key},
             lambda: evaluate_ood(str(path / "model"), cfg, plan, renderer),
         )
-    if not plan.keep_weights:
-        shutil.rmtree(run / "checkpoints", ignore_errors=True)
-
     rows = read_metrics(run / "metrics.jsonl")
     method = {"opcd": "OPCD", "offpolicy": "Off-policy distillation", "sft": "SFT on teacher samples"}[cfg.loss.mode]
     rates = [
@@ -295,6 +305,13 @@ def distill_prompt(cfg: Config, plan: EvalPlan, *, progress: bool = True) -> dic
         "test": {"prompts": plan.test_prompts, "n": len(held_out)},
         "checkpoint": {"step": step, **selection},
         "rates": dict(rates),
+        "truncated": dict(
+            zip(
+                [name for name, _ in rates],
+                [r["test"].get("truncated", 0.0) for r in (base["without"], base["with"], student)],
+                strict=True,
+            )
+        ),
         "ood": {
             name: {"base": base["without"][name]["rate"], "student": student[name]["rate"], "n": student[name]["n"]}
             for name in plan.ood
@@ -308,6 +325,8 @@ def distill_prompt(cfg: Config, plan: EvalPlan, *, progress: bool = True) -> dic
     }
     _plot(rows, rates, run / "training.png", metric, selection.get("validation_rates", {}))
     write_atomic(run / "results.json", json.dumps(results, indent=1))
+    if not plan.keep_weights:  # only now: until results.json exists, a rerun resumes from these
+        shutil.rmtree(run / "checkpoints", ignore_errors=True)
     write_atomic(
         run / "report.md", report(results, held_out, base["without"]["test"]["responses"], student["test"]["responses"])
     )
@@ -324,9 +343,9 @@ def report(results: dict, held_out, before: list[str], after: list[str]) -> str:
         f"(`{results['test']['prompts']}`). Checkpoint: step {results['checkpoint']['step']}, "
         f"{results['checkpoint']['rule']}.",
         "",
-        f"| model | {metric} |",
-        "|---|---|",
-        *[f"| {name} | {rate:.1%} |" for name, rate in results["rates"].items()],
+        f"| model | {metric} | cut at the token budget |",
+        "|---|---|---|",
+        *[f"| {name} | {rate:.1%} | {results['truncated'][name]:.0%} |" for name, rate in results["rates"].items()],
         "",
     ]
     if results["ood"]:
@@ -343,8 +362,9 @@ def report(results: dict, held_out, before: list[str], after: list[str]) -> str:
             )
         lines.append("")
     if results["kl_first"] is not None:
+        samples = "the teacher's samples" if results["method"] in ("offpolicy", "sft") else "the student's own samples"
         lines.append(
-            f"Reverse KL to the teacher on the student's samples: step 1 {results['kl_first']:.3f} → step "
+            f"Reverse KL of the student to the teacher on {samples}: step 1 {results['kl_first']:.3f} → step "
             f"{results['steps']} {results['kl_last']:.3f} nats/token (`metrics.jsonl`, `training.png`)."
         )
     lines += [

@@ -28,9 +28,17 @@ class EvalResult:
     rate: float  # fraction of responses that pass
     responses: list[str]
     passed: list[bool]
+    finished: list[bool]  # ended with EOS (False: cut at the token budget, often why a response fails)
 
     def summary(self) -> dict:
-        return {"rate": self.rate, "n": len(self.passed), "passed": self.passed, "responses": self.responses}
+        truncated = 1 - sum(self.finished) / max(len(self.finished), 1)
+        return {
+            "rate": self.rate,
+            "n": len(self.passed),
+            "truncated": truncated,
+            "passed": self.passed,
+            "responses": self.responses,
+        }
 
 
 def respond(
@@ -41,20 +49,22 @@ def respond(
     dtype: str,
     seed: int = 0,
     desc: str | None = None,
-) -> list[str]:
-    """Decoded responses, generated in batches (a progress bar when `desc` is given)."""
+) -> tuple[list[str], list[bool]]:
+    """Decoded responses and whether each ended with EOS, generated in batches (a progress bar with `desc`)."""
     size = rollout.batch_size or GENERATION_BATCH
     sampler = HFSampler(model, rollout, eos_ids(tokenizer, model), tokenizer.pad_token_id, dtype)
-    out: list[str] = []
+    texts: list[str] = []
+    finished: list[bool] = []
     starts = range(0, len(prompts), size)
     for n, start in enumerate(tqdm(starts, desc=desc, unit="batch", disable=desc is None, leave=False)):
-        for ids, _ in sampler.generate(prompts[start : start + size], seed + n):
-            out.append(tokenizer.decode(ids, skip_special_tokens=True))
-    return out
+        for ids, done in sampler.generate(prompts[start : start + size], seed + n):
+            texts.append(tokenizer.decode(ids, skip_special_tokens=True))
+            finished.append(done)
+    return texts, finished
 
 
-def _result(passed: list[bool], responses: list[str]) -> EvalResult:
-    return EvalResult(sum(passed) / max(len(passed), 1), responses, passed)
+def _result(passed: list[bool], responses: list[str], finished: list[bool]) -> EvalResult:
+    return EvalResult(sum(passed) / max(len(passed), 1), responses, passed, finished)
 
 
 def score(
@@ -75,8 +85,8 @@ def score(
         prompts = [renderer.render(e.messages, e.context).teacher_ids for e in examples]
     else:
         prompts = [renderer.student_ids(e.messages) for e in examples]
-    responses = respond(model, tokenizer, prompts, rollout, dtype, seed, desc)
-    return _result([scorer(r, e) for r, e in zip(responses, examples, strict=True)], responses)
+    responses, finished = respond(model, tokenizer, prompts, rollout, dtype, seed, desc)
+    return _result([scorer(r, e) for r, e in zip(responses, examples, strict=True)], responses, finished)
 
 
 def out_of_distribution(
@@ -95,8 +105,10 @@ def out_of_distribution(
         load, check = SUITES[name]
         items = load(n)
         prompts = [renderer.student_ids([{"role": "user", "content": item.prompt}]) for item in items]
-        responses = respond(model, tokenizer, prompts, rollout, dtype, seed, f"ood {name}" if progress else None)
-        results[name] = _result([check(i, r) for i, r in zip(items, responses, strict=True)], responses)
+        responses, finished = respond(
+            model, tokenizer, prompts, rollout, dtype, seed, f"ood {name}" if progress else None
+        )
+        results[name] = _result([check(i, r) for i, r in zip(items, responses, strict=True)], responses, finished)
     return results
 
 
@@ -112,12 +124,9 @@ def run_eval(
 ) -> dict:
     """`opcd eval`: the model's rate on `data` without and/or with its context, plus the OOD suites."""
     from opcd import models
-    from opcd.data import load_examples, shared_context
-    from opcd.errors import OpcdError
+    from opcd.data import load_examples
     from opcd.tasks import build_scorer
 
-    if side != "without" and not shared_context(data).strip():
-        raise OpcdError(f"--context-side {side} needs a context: --context TEXT or --context-file PATH")
     scorer = build_scorer(list(scorer_specs))
     examples = load_examples(data, require_context=side != "without")
     tokenizer = models.load_tokenizer(model_name)

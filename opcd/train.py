@@ -66,6 +66,28 @@ def batch_indices(n_examples: int, batch: int, seed: int, step: int) -> list[int
     return out
 
 
+RESUMABLE_CHANGES = {
+    ("train", "steps"),
+    ("train", "save_every"),
+    ("train", "keep_checkpoints"),
+    ("train", "tensorboard"),
+}
+
+
+def _changed(saved: dict, now: dict) -> list[str]:
+    return [f"{s}.{k}" for s in now for k in now[s] if now[s][k] != saved[s][k] and (s, k) not in RESUMABLE_CHANGES]
+
+
+def check_resumable(run_dir: Path, cfg: Config) -> None:
+    """Before expensive work: refuse a run directory whose checkpoints were made with another config."""
+    if checkpoint.list_checkpoints(run_dir, resumable=True) and (run_dir / "config.toml").is_file():
+        from opcd.config import load_config
+
+        changed = _changed(load_config(run_dir / "config.toml", []).to_dict(), cfg.to_dict())
+        if changed:
+            raise OpcdError(f"cannot resume {run_dir}: config changed since the checkpoint ({', '.join(changed)})")
+
+
 def _start(run_dir: Path, cfg: Config, resume: bool) -> tuple[int, dict | None, Path | None]:
     found = checkpoint.list_checkpoints(run_dir, resumable=True)
     if checkpoint.list_checkpoints(run_dir) and not resume:
@@ -76,9 +98,7 @@ def _start(run_dir: Path, cfg: Config, resume: bool) -> tuple[int, dict | None, 
         return 0, None, None
     step, path = found[-1]
     state = checkpoint.load_trainer_state(path)
-    saved, now = state["config"], cfg.to_dict()
-    may_differ = {("train", "steps"), ("train", "save_every"), ("train", "keep_checkpoints"), ("train", "tensorboard")}
-    changed = [f"{s}.{k}" for s in now for k in now[s] if now[s][k] != saved[s][k] and (s, k) not in may_differ]
+    changed = _changed(state["config"], cfg.to_dict())
     if changed:
         raise OpcdError(f"cannot resume {run_dir}: config changed since the checkpoint ({', '.join(changed)})")
     return step, state, path

@@ -88,9 +88,15 @@ def test_checkpoint_is_selected_on_validation_never_on_test(tiny_model, prompts_
     assert "validation" in chosen["rule"]
 
 
-def test_overlapping_test_prompts_are_refused(tiny_model, prompts_file, tmp_path):
-    with pytest.raises(OpcdError, match="also appear in the training prompts"):
-        distill_prompt(_cfg(tiny_model, prompts_file, tmp_path / "run"), _plan(test_prompts=str(prompts_file)))
+def test_overlapping_test_or_validation_prompts_are_refused_before_any_work(tiny_model, prompts_file, tmp_path):
+    cfg = _cfg(tiny_model, prompts_file, tmp_path / "run")
+    with pytest.raises(OpcdError, match="evaluation prompt.* also appear in the training prompts"):
+        distill_prompt(cfg, _plan(test_prompts=str(prompts_file)))
+    with pytest.raises(OpcdError, match="validation prompt.* also appear in the training prompts"):
+        distill_prompt(cfg, _plan(validation_prompts=str(prompts_file)))
+    with pytest.raises(OpcdError, match="test prompt.* also appear in the validation prompts"):
+        distill_prompt(cfg, _plan(validation_prompts="opcd:generic_eval"))
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_context_that_changes_nothing_is_refused(tiny_model, prompts_file, tmp_path):
@@ -141,4 +147,22 @@ def test_eval_command_scores_both_sides_and_writes_responses(tiny_model, prompts
     assert saved["n"] == 12 and len(saved["with context"]["responses"]) == 12
     assert set(saved["summary"]) == {"without context", "with context"}
     assert main(["eval", str(tiny_model), "--check", "uppercase", "--context-side", "with"]) == 2
-    assert "needs a context" in capsys.readouterr().err
+    assert "the context is empty" in capsys.readouterr().err
+    assert main(["eval", str(tiny_model), "--check", "uppercase", "--gsm8k", "-1"]) == 2
+    assert "--gsm8k -1" in capsys.readouterr().err
+
+
+def test_config_values_are_not_overridden_by_option_defaults(tiny_model, prompts_file, tmp_path):
+    from opcd.cli import parser
+
+    config = tmp_path / "c.toml"
+    run = tmp_path / "from-config"
+    config.write_text(
+        f'[model]\nstudent = "{tiny_model}"\ndtype = "fp32"\n[data]\nprompts = "{prompts_file}"\n'
+        f'context = "{TOY_CONTEXT}"\n[loss]\nmode = "sft"\n[train]\nrun_dir = "{run}"\nsteps = 1\n'
+        "prompts_per_step = 2\ntensorboard = false\n[rollout]\nmax_new_tokens = 3\n"
+    )
+    args = parser().parse_args(["distill-prompt", "--config", str(config), "--check", "uppercase", "--no-ood"])
+    args.func(args)
+    saved = (run / "config.toml").read_text()
+    assert 'mode = "sft"' in saved and str(prompts_file) in saved and str(tiny_model) in saved

@@ -70,3 +70,11 @@ def test_gsm8k_subset_is_fixed_and_graded_on_the_last_number():
     first = gsm8k_items(3)
     assert [i.answer for i in first] == [i.answer for i in gsm8k_items(3)] == ["18", "3", "70000"]
     assert gsm8k_correct(first[0], "16 - 3 - 4 = 9 eggs, 9 * 2 = 18") and not gsm8k_correct(first[0], "= 20")
+
+
+def test_grader_specs_and_choice_references_are_checked():
+    with pytest.raises(OpcdError, match="takes no argument"):
+        build_scorer("number:5")
+    assert choice("<answer>B</answer>", "B. Paris") and choice("<answer>b)</answer>", "(B)")
+    with pytest.raises(OpcdError, match="does not start with an option letter"):
+        choice("<answer>B</answer>", "42")

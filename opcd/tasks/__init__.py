@@ -12,6 +12,10 @@ from opcd.tasks.graders import GRADERS
 Scorer = Callable[[str, Example], bool]
 
 
+def is_grader(specs: tuple[str, ...] | list[str]) -> bool:
+    return len(specs) == 1 and specs[0] in GRADERS
+
+
 def build_scorer(specs: list[str] | str) -> Scorer:
     """A grader name (`number`, `choice`, `yes_no`, `math`: compares with each example's `answer`) or checker specs."""
     specs = [specs] if isinstance(specs, str) else list(specs)
@@ -25,6 +29,8 @@ def build_scorer(specs: list[str] | str) -> Scorer:
 
         return grade
     names = [s.partition(":")[0] for s in specs]
+    if len(specs) == 1 and names[0] in GRADERS:
+        raise OpcdError(f"grader '{names[0]}' takes no argument (got '{specs[0]}'): the answer comes from each example")
     if any(n in GRADERS for n in names):
         raise OpcdError(f"a grader ({', '.join(GRADERS)}) is used alone, not combined with checkers: got {specs}")
     if any(n not in CHECKERS for n in names):

@@ -15,6 +15,7 @@ from opcd.errors import OpcdError
 Grader = Callable[[str, str], bool]
 
 _TAG = re.compile(r"<answer>(.*?)</answer>", re.IGNORECASE | re.DOTALL)
+_LETTER = re.compile(r"\(?([A-Za-z])\b")
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
@@ -43,8 +44,10 @@ def choice(response: str, answer: str) -> bool:
     tagged = tagged_answer(response)
     if tagged is None:
         return False
-    letter = re.match(r"\(?([A-Za-z])\b", tagged)
-    return bool(letter) and letter.group(1).upper() == answer.strip().strip("()").upper()
+    letter, gold = _LETTER.match(tagged), _LETTER.match(answer.strip())
+    if gold is None:
+        raise OpcdError(f"grader 'choice': reference answer {answer!r} does not start with an option letter")
+    return bool(letter) and letter.group(1).upper() == gold.group(1).upper()
 
 
 def yes_no(response: str, answer: str) -> bool:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 from dataclasses import dataclass
@@ -31,8 +32,18 @@ class OodItem:
 
 def instruction_items(n: int = 0) -> list[OodItem]:
     """The first n prompts (0: all 60)."""
+    from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT
+
     rows = [json.loads(line) for line in INSTRUCTIONS.read_text().splitlines() if line.strip()][: n or None]
+    unknown = {i for r in rows for i in r["instruction_id_list"]} - set(INSTRUCTION_DICT)
+    if unknown:  # if-verifiable skips unknown ids silently; a prompt would then always fail
+        raise OpcdError(f"{INSTRUCTIONS}: instruction ids unknown to if-verifiable: {sorted(unknown)}")
     return [OodItem(r["prompt"], None, tuple(r["instruction_id_list"]), tuple(r["kwargs"])) for r in rows]
+
+
+def ood_digest() -> str:
+    """Changes when the bundled instruction prompts change, so cached OOD scores are not reused across versions."""
+    return hashlib.sha256(INSTRUCTIONS.read_bytes()).hexdigest()
 
 
 def gsm8k_items(n: int = 0) -> list[OodItem]:
