@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from opcd.errors import OpcdError
@@ -14,7 +15,8 @@ def _train(args) -> None:
 
     cfg = load_config(args.config, args.overrides)
     run_dir = train(cfg, resume=args.resume)
-    print(f"opcd: run finished: {run_dir}")
+    if os.environ.get("RANK", "0") == "0":  # one line per run, not per process
+        print(f"opcd: run finished: {run_dir}")
 
 
 def _prepare(args) -> None:

@@ -52,6 +52,8 @@ class RolloutConfig:
     top_k: int = 0  # 0 = off
     max_new_tokens: int = 512
     batch_size: int = 0  # prompts per generate call (0 = the whole step at once); changes the samples drawn
+    engine: Literal["hf", "vllm"] = "hf"  # who samples the student: HF generate, or a colocated vLLM engine (GPU)
+    vllm_gpu_memory: float = 0.3  # engine = vllm: share of the GPU's memory the engine may take
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,12 @@ def validate(cfg: Config) -> None:
         (0 < r.top_p <= 1, "rollout.top_p must be in (0, 1]"),
         (r.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1"),
         (r.batch_size >= 0, "rollout.batch_size must be >= 0"),
+        (0 < r.vllm_gpu_memory < 1, "rollout.vllm_gpu_memory must be in (0, 1)"),
+        (
+            r.engine == "hf" or l.mode == "opcd",
+            "rollout.engine = 'vllm' samples the student (loss.mode = 'opcd'); the off-policy modes sample the teacher "
+            "with HF generate: set rollout.engine = 'hf'",
+        ),
         (l.top_k >= 1, "loss.top_k must be >= 1"),
         (0 <= l.discount <= 1, "loss.discount must be in [0, 1]"),
         (l.chunk_size >= 1, "loss.chunk_size must be >= 1"),

@@ -29,7 +29,7 @@ class Rollout:
 
 
 class Sampler(Protocol):
-    def generate(self, prompts: list[list[int]], seed: int) -> list[tuple[list[int], bool]]:
+    def generate(self, prompts: list[list[int]], seed: int, first_chunk: int = 0) -> list[tuple[list[int], bool]]:
         """One (response ids, finished) per prompt."""
 
 
@@ -90,13 +90,16 @@ class HFSampler:
         )
 
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], seed: int) -> list[tuple[list[int], bool]]:
-        torch.manual_seed(seed)
+    def generate(self, prompts: list[list[int]], seed: int, first_chunk: int = 0) -> list[tuple[list[int], bool]]:
+        """Chunks of `batch_size` prompts, each seeded by its index (`first_chunk` + k), so a rank that generates
+        chunks 2-3 of a step draws exactly what a single process draws for them."""
         was_training = self.model.training
         self.model.eval()
         results = []
         size = self.batch_size or len(prompts)
-        for start in range(0, len(prompts), size):
+        for k, start in enumerate(range(0, len(prompts), size)):
+            chunk = first_chunk + k
+            torch.manual_seed(seed if chunk == 0 else seed * 65_537 + chunk)
             group = prompts[start : start + size]
             width = max(map(len, group))
             device = device_of(self.model)

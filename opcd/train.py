@@ -21,6 +21,7 @@ from tqdm import tqdm
 from opcd import checkpoint, models, objectives
 from opcd.config import Config, ModelConfig, save_config, validate
 from opcd.data import load_examples
+from opcd.distributed import Ranks
 from opcd.errors import OpcdError
 from opcd.losses import backward_chunked, reduction_weights, reward_to_go
 from opcd.metrics import MetricsLog
@@ -104,12 +105,29 @@ def _start(run_dir: Path, cfg: Config, resume: bool) -> tuple[int, dict | None, 
     return step, state, path
 
 
-def _sample(mode: objectives.Mode, cfg: Config, student, teacher: Teacher, tokenizer, eos, pairs, idx, seed):
+def _sample(
+    mode: objectives.Mode,
+    cfg: Config,
+    student,
+    teacher: Teacher,
+    tokenizer,
+    eos,
+    pairs,
+    idx,
+    seed,
+    first_chunk=0,
+    engine=None,
+):
     """Responses for the drawn examples: the student answers its own prompt, or the teacher answers with context."""
     on_policy = mode.sampler == "student"
     prompts = [pairs[i].student_ids if on_policy else pairs[i].teacher_ids for i in idx]
-    with nullcontext(student) if on_policy else teacher.active() as model:
-        results = HFSampler(model, cfg.rollout, eos, tokenizer.pad_token_id, cfg.model.dtype).generate(prompts, seed)
+    if engine is not None:  # vLLM: the student's current weights go into the engine first
+        engine.sync(student)
+        results = engine.generate(prompts, seed, first_chunk)
+    else:
+        with nullcontext(student) if on_policy else teacher.active() as model:
+            sampler = HFSampler(model, cfg.rollout, eos, tokenizer.pad_token_id, cfg.model.dtype)
+            results = sampler.generate(prompts, seed, first_chunk)
     return [
         Rollout(i, pairs[i].student_ids, pairs[i].teacher_ids, pairs[i].teacher_prefix, response, finished)
         for i, (response, finished) in zip(idx, results, strict=True)
@@ -134,6 +152,13 @@ def _diagnostics(sums: dict[str, float], mask: torch.Tensor, temp: float, top_k:
 def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
     """Train the student as `cfg` says; returns the run directory (checkpoints, metrics.jsonl, config.toml)."""
     validate(cfg)
+    if cfg.rollout.engine == "vllm":
+        from opcd.vllm_sampler import require_vllm
+
+        require_vllm()  # before any model is loaded
+    ranks = Ranks()
+    mine = ranks.shard(cfg.train.prompts_per_step * cfg.rollout.samples_per_prompt)
+    progress = progress and ranks.main
     run_dir = Path(cfg.train.run_dir)
     start_step, state, resumed_from = _start(run_dir, cfg, resume)
     mode = objectives.MODES[cfg.loss.mode]
@@ -159,11 +184,20 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
         optimizer.load_state_dict(state["optimizer"])
         teacher.load_state_dict(state["teacher"])
         checkpoint.set_rng_state(state["rng"])
-        print(f"opcd: resuming {run_dir} from step {start_step}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.toml")
-    log = MetricsLog(run_dir, start_step, tensorboard=t.tensorboard)
+        if ranks.main:
+            print(f"opcd: resuming {run_dir} from step {start_step}")
+    ranks.barrier()  # every rank has read the run directory before rank 0 writes to it
+    log = None
+    if ranks.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.toml")
+        log = MetricsLog(run_dir, start_step, tensorboard=t.tensorboard)
     eos = eos_ids(tokenizer, student)
+    engine = None
+    if cfg.rollout.engine == "vllm":
+        from opcd.vllm_sampler import VLLMSampler
+
+        engine = VLLMSampler(models.resolve(cfg.model.student), cfg.rollout, eos, cfg.model.dtype, t.seed)
     temp, dtype, chunk = cfg.rollout.temperature, cfg.model.dtype, cfg.loss.chunk_size
     token_loss = objectives.token_loss(cfg.loss, temp)
     head = student.get_output_embeddings()
@@ -194,9 +228,14 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
         torch.manual_seed(step_seed(t.seed, step))
         idx = batch_indices(len(examples), t.prompts_per_step, t.seed, step)
         idx = [i for i in idx for _ in range(cfg.rollout.samples_per_prompt)]
-        rollouts = _sample(mode, cfg, student, teacher, tokenizer, eos, pairs, idx, step_seed(t.seed, step))
+        first_chunk = mine.start // (cfg.rollout.batch_size or (mine.stop - mine.start))
+        rollouts = _sample(
+            mode, cfg, student, teacher, tokenizer, eos, pairs, idx[mine], step_seed(t.seed, step), first_chunk, engine
+        )
         timers["generate"] = time.perf_counter() - step_began
-        total_tokens = sum(len(r.response) for r in rollouts)
+        local_tokens = sum(len(r.response) for r in rollouts)
+        local_unfinished = sum(not r.finished for r in rollouts)
+        total_tokens, unfinished = (int(v) for v in ranks.sum([local_tokens, local_unfinished]))
         sums: dict[str, float] = defaultdict(float)
 
         for start in range(0, len(rollouts), t.micro_batch_size):
@@ -204,9 +243,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
             responses = [r.response for r in micro]
             s_batch = make_batch([r.student_prompt for r in micro], responses, tokenizer.pad_token_id).to(device)
             mask = s_batch.response_mask
-            weights = reduction_weights(
-                mask, cfg.loss.reduction, total_tokens=total_tokens, total_sequences=len(rollouts)
-            )
+            weights = reduction_weights(mask, cfg.loss.reduction, total_tokens=total_tokens, total_sequences=len(idx))
             t_hidden = None
             if mode.uses_teacher_logits:
                 began = time.perf_counter()
@@ -248,6 +285,8 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
             sums["loss"] += (values * weights).sum().item()
             timers["student"] += time.perf_counter() - began - (timers["teacher"] - teacher_before)
 
+        names = ["loss", "kl_full", "topk_mass"]
+        sums.update(zip(names, ranks.sum([sums[n] for n in names]), strict=True))
         kl = sums["kl_full"] / max(total_tokens, 1)
         if step == 1 and mode.uses_teacher_logits and kl < cfg.loss.min_kl:
             raise OpcdError(
@@ -256,6 +295,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
                 "to distill. Check that it reaches the teacher (data.placement), or set loss.min_kl=0 to train anyway"
             )
         began = time.perf_counter()
+        ranks.sum_grads(params)  # every rank now holds the whole step's gradient
         grad_norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm > 0 else math.inf)
         finite = bool(torch.isfinite(grad_norm))
         lr = t.lr * min(1.0, step / t.warmup_steps) if t.warmup_steps else t.lr
@@ -272,8 +312,8 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
             "loss/value": sums["loss"],
             "kl/reverse_full": kl,
             "kl/topk_mass": sums["topk_mass"] / max(total_tokens, 1),
-            "rollout/response_tokens": total_tokens / len(rollouts),
-            "rollout/truncated": sum(not r.finished for r in rollouts) / len(rollouts),
+            "rollout/response_tokens": total_tokens / len(idx),
+            "rollout/truncated": unfinished / len(idx),
             "optim/grad_norm": float(grad_norm),
             "optim/lr": lr,
             "optim/skipped": float(not finite),
@@ -283,8 +323,10 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
         }
         if not mode.uses_teacher_logits:
             del metrics["kl/reverse_full"]
-        log.log(step, metrics)
-        if cfg.loss.estimator == "topk" and mode.sampler == "student" and metrics["kl/topk_mass"] < 0.5 and not warned:
+        if log is not None:
+            log.log(step, metrics)
+        leaking = cfg.loss.estimator == "topk" and mode.sampler == "student" and metrics["kl/topk_mass"] < 0.5
+        if leaking and not warned and ranks.main:
             warned = True
             tqdm.write(
                 f"opcd: warning: step {step}: the student keeps only {metrics['kl/topk_mass']:.0%} of its probability "
@@ -300,6 +342,9 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
                 "teacher": teacher.state_dict(),
                 "config": cfg.to_dict(),
             }
-            checkpoint.save(run_dir, step, student, tokenizer, trainer_state, keep=t.keep_checkpoints)
-    log.close()
+            if ranks.main:
+                checkpoint.save(run_dir, step, student, tokenizer, trainer_state, keep=t.keep_checkpoints)
+            ranks.barrier()
+    if log is not None:
+        log.close()
     return run_dir
