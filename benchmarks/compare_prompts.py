@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -46,6 +47,26 @@ METHODS = {"offpolicy": "Off-policy CD", "opcd": "OPCD"}
 
 
 def run_cell(out: Path, name: str, method: str, seed: int, steps: int, ood: dict, lr: float) -> dict:
+    """One run in a fresh process (a long sweep in one process grows its memory run after run), or its saved result."""
+    run = out / "runs" / f"{name}-{method}-seed{seed}"
+    if not (run / "results.json").is_file():
+        cell = json.dumps(
+            {
+                "out": str(out),
+                "name": name,
+                "method": method,
+                "seed": seed,
+                "steps": steps,
+                "ood": list(ood),
+                "ood_n": {k: n for k, (n, _) in ood.items()},
+                "lr": lr,
+            }
+        )
+        subprocess.run([sys.executable, __file__, "--cell", cell], check=True)
+    return _cell(out, name, method, seed, steps, ood, lr)
+
+
+def _cell(out: Path, name: str, method: str, seed: int, steps: int, ood: dict, lr: float) -> dict:
     run = out / "runs" / f"{name}-{method}-seed{seed}"
     if (run / "results.json").is_file():
         done = json.loads((run / "results.json").read_text())
@@ -105,7 +126,8 @@ def table(cells: dict, names: list[str], seeds: list[int]) -> list[str]:
         row += [mean_std([list(cells[(name, m, s)]["rates"].values())[2] for s in seeds]) for m in METHODS]
         for suite in ("instructions", "gsm8k"):
             base = 100 * first["ood"][suite]["base"]
-            after = [mean_std([cells[(name, m, s)]["ood"][suite]["student"] for s in seeds]) for m in METHODS]
+            measured = [s for s in seeds if suite in cells[(name, "opcd", s)]["ood"]]
+            after = [mean_std([cells[(name, m, s)]["ood"][suite]["student"] for s in measured]) for m in METHODS]
             row.append(f"{base:.1f} → " + " / ".join(after))
         lines.append("| " + " | ".join(row) + " |")
     return lines
@@ -168,8 +190,15 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--lr", type=float, default=2e-5, help="preset: 1e-5 for 20 steps")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--ood-all-seeds", action="store_true", help="out-of-distribution suites for every seed")
     p.add_argument("--prompts", nargs="+", default=list(PROMPTS), choices=list(PROMPTS))
+    p.add_argument("--cell", help=argparse.SUPPRESS)  # internal: one run, in this process
     args = p.parse_args()
+    if args.cell:
+        c = json.loads(args.cell)
+        suites = {k: (c["ood_n"][k], OOD_DEFAULT[k][1]) for k in c["ood"]}
+        _cell(Path(c["out"]), c["name"], c["method"], c["seed"], c["steps"], suites, c["lr"])
+        return
     names, seeds, steps, ood = args.prompts, args.seeds, args.steps, dict(OOD_DEFAULT)
     if args.quick:
         names, seeds, steps = ["french"], [0], 4
@@ -180,16 +209,22 @@ def main() -> None:
     for seed in seeds:  # every prompt's first seed before any second seed: a partial run still covers all prompts
         for name in names:
             for method in METHODS:
-                cells[(name, method, seed)] = run_cell(out, name, method, seed, steps, ood, args.lr)
+                # the OOD suites cost as much as training here: measured on the first seed only (--ood-all-seeds)
+                suites = ood if (seed == seeds[0] or args.ood_all_seeds) else {}
+                cells[(name, method, seed)] = run_cell(out, name, method, seed, steps, suites, args.lr)
     minutes = (time.time() - began) / 60
     lines = table(cells, names, seeds)
     command = "python benchmarks/compare_prompts.py" + (" --quick" if args.quick else "")
     train_min = sum(c["train_seconds"] for c in cells.values()) / 60
+    run_min = sum(c["seconds"] for c in cells.values()) / 60
     footer = [
         "",
         f"`{command}`: Qwen2.5-Coder-0.5B-Instruct, {steps} steps × 8 prompts, lr {args.lr:g}, seeds {seeds}; "
         "mean ± std over seeds "
-        f"(Base and In-Context are greedy, one value). This run: {minutes:.0f} min (training {train_min:.0f} min).",
+        f"(Base and In-Context are greedy, one value). Out-of-distribution columns: "
+        f"{'every seed' if args.ood_all_seeds else f'seed {seeds[0]} only'}. "
+        f"Wall time of the {len(cells)} runs: {run_min:.0f} min (training {train_min:.0f} min; this invocation "
+        f"{minutes:.0f} min).",
     ]
     print("\n".join(lines + footer))
     results.mkdir(parents=True, exist_ok=True)

@@ -55,6 +55,9 @@ def _uppercase(text: str) -> bool:
     return bool(letters) and sum(c.isupper() for c in letters) >= 0.95 * len(letters)
 
 
+_EMOJI = re.compile("[\U0001F300-\U0001FAFF\u2600-\u27BF\U0001F000-\U0001F2FF]")
+
+
 def _words(text: str) -> int:
     return len(text.split())
 
@@ -67,6 +70,7 @@ CHECKERS: dict[str, Callable[[str], Checker]] = {
     "uppercase": lambda arg: _uppercase,
     "max_words": lambda arg: lambda text: 0 < _words(text) <= int(arg),
     "json": lambda arg: _json_object,
+    "emoji": lambda arg: lambda text: bool(_EMOJI.search(text)),
 }
 
 
