@@ -18,6 +18,7 @@ CASES = {
     "max_words:3": (["Paris, France.", "Yes"], ["It is Paris, France.", ""]),
     "json": (['{"answer": 4}', '```json\n{"a": [1, 2]}\n```'], ["[1, 2]", "answer: 4"]),
     "contains:Zorbo": (["I am zorbo, your guide."], ["I am Zorb."]),
+    "emoji": (["Sure! 😊", "Sunny ☀ today", "Let's go 🚀"], ["No emoji here :)", "Ünïcödé ß"]),
 }
 
 
