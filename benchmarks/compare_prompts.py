@@ -106,11 +106,17 @@ def _cell(out: Path, name: str, method: str, seed: int, steps: int, ood: dict, l
     return distill_prompt(cfg, plan)
 
 
-def mean_std(values: list[float]) -> str:
+def mean_std(values: list[float], seeds_expected: int = 1) -> str:
     values = [100 * v for v in values]
+    if not values:
+        return "–"
     if len(values) == 1:
-        return f"{values[0]:.1f}"
+        return f"{values[0]:.1f}" + (" (1 seed)" if seeds_expected > 1 else "")
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def _done(cells: dict, name: str, method: str, seeds: list[int]) -> list[int]:
+    return [s for s in seeds if (name, method, s) in cells]
 
 
 def table(cells: dict, names: list[str], seeds: list[int]) -> list[str]:
@@ -119,15 +125,21 @@ def table(cells: dict, names: list[str], seeds: list[int]) -> list[str]:
     head += " / ".join(METHODS.values()) + " |"
     lines = [head, "|" + "---|" * (head.count(" | ") + 1)]
     for name in names:
-        first = cells[(name, "opcd", seeds[0])]
+        if not _done(cells, name, "opcd", seeds):
+            continue
+        first = cells[(name, "opcd", _done(cells, name, "opcd", seeds)[0])]
         rates = first["rates"]
         row = [f"{name} ({first['metric']}, n={first['test']['n']})", mean_std([list(rates.values())[0]])]
         row.append(mean_std([list(rates.values())[1]]))
-        row += [mean_std([list(cells[(name, m, s)]["rates"].values())[2] for s in seeds]) for m in METHODS]
+        for m in METHODS:
+            values = [list(cells[(name, m, s)]["rates"].values())[2] for s in _done(cells, name, m, seeds)]
+            row.append(mean_std(values, len(seeds)))
         for suite in ("instructions", "gsm8k"):
             base = 100 * first["ood"][suite]["base"]
-            measured = [s for s in seeds if suite in cells[(name, "opcd", s)]["ood"]]
-            after = [mean_std([cells[(name, m, s)]["ood"][suite]["student"] for s in measured]) for m in METHODS]
+            after = []
+            for m in METHODS:
+                measured = [s for s in _done(cells, name, m, seeds) if suite in cells[(name, m, s)]["ood"]]
+                after.append(mean_std([cells[(name, m, s)]["ood"][suite]["student"] for s in measured]))
             row.append(f"{base:.1f} → " + " / ".join(after))
         lines.append("| " + " | ".join(row) + " |")
     return lines
@@ -141,6 +153,7 @@ def plot(cells: dict, names: list[str], seeds: list[int], path: Path) -> None:
 
     from opcd.metrics import read_metrics
 
+    names = [n for n in names if _done(cells, n, "opcd", seeds)]
     fig, (bars, curves) = plt.subplots(1, 2, figsize=(13, 4.2))
     labels = ["Base", "In-Context", *METHODS.values()]
     width = 0.8 / len(labels)
@@ -148,11 +161,13 @@ def plot(cells: dict, names: list[str], seeds: list[int], path: Path) -> None:
         heights, errors = [], []
         for name in names:
             if j < 2:
-                values = [list(cells[(name, "opcd", seeds[0])]["rates"].values())[j]]
+                values = [list(cells[(name, "opcd", _done(cells, name, "opcd", seeds)[0])]["rates"].values())[j]]
             else:
                 method = list(METHODS)[j - 2]
-                values = [list(cells[(name, method, s)]["rates"].values())[2] for s in seeds]
-            heights.append(100 * statistics.mean(values))
+                values = [
+                    list(cells[(name, method, s)]["rates"].values())[2] for s in _done(cells, name, method, seeds)
+                ]
+            heights.append(100 * statistics.mean(values) if values else 0)
             errors.append(100 * statistics.stdev(values) if len(values) > 1 else 0)
         xs = [i + (j - len(labels) / 2 + 0.5) * width for i in range(len(names))]
         bars.bar(xs, heights, width, yerr=errors, label=label, capsize=2)
@@ -161,7 +176,7 @@ def plot(cells: dict, names: list[str], seeds: list[int], path: Path) -> None:
     bars.set_ylim(0, 105)
     bars.legend(fontsize=8)
     for name in names:
-        for s in seeds:
+        for s in _done(cells, name, "opcd", seeds):
             rows = read_metrics(Path(cells[(name, "opcd", s)]["run_dir"]) / "metrics.jsonl")
             curves.plot(
                 [r["step"] for r in rows],
@@ -192,6 +207,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--ood-all-seeds", action="store_true", help="out-of-distribution suites for every seed")
     p.add_argument("--prompts", nargs="+", default=list(PROMPTS), choices=list(PROMPTS))
+    p.add_argument("--report-only", action="store_true", help="tables and plot from the runs finished so far")
     p.add_argument("--cell", help=argparse.SUPPRESS)  # internal: one run, in this process
     args = p.parse_args()
     if args.cell:
@@ -209,6 +225,11 @@ def main() -> None:
     for seed in seeds:  # every prompt's first seed before any second seed: a partial run still covers all prompts
         for name in names:
             for method in METHODS:
+                if args.report_only:
+                    done = out / "runs" / f"{name}-{method}-seed{seed}" / "results.json"
+                    if done.is_file():
+                        cells[(name, method, seed)] = json.loads(done.read_text())
+                    continue
                 # the OOD suites cost as much as training here: measured on the first seed only (--ood-all-seeds)
                 suites = ood if (seed == seeds[0] or args.ood_all_seeds) else {}
                 cells[(name, method, seed)] = run_cell(out, name, method, seed, steps, suites, args.lr)
