@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -14,8 +13,6 @@ from safetensors.torch import load_file
 
 from opcd.cli import main
 from tests.conftest import TOY_CONTEXT
-
-pytestmark = pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate's launcher is not installed")
 
 
 def _config(tmp_path, tiny_model, prompts_file):
