@@ -55,7 +55,7 @@ def _uppercase(text: str) -> bool:
     return bool(letters) and sum(c.isupper() for c in letters) >= 0.95 * len(letters)
 
 
-_EMOJI = re.compile("[\U0001F300-\U0001FAFF\u2600-\u27BF\U0001F000-\U0001F2FF]")
+_EMOJI = re.compile("[\U0001f300-\U0001faff\u2600-\u27bf\U0001f000-\U0001f2ff]")
 
 
 def _words(text: str) -> int:
