@@ -228,37 +228,23 @@ def distill_prompt(cfg: Config, plan: EvalPlan, *, progress: bool = True) -> dic
         "rollout": asdict(plan.rollout),
     }
     ood_key = {"model": cfg.model.student, "ood": str(plan.ood), "dtype": cfg.model.dtype, "items": ood_digest()}
-    base = {
-        "without": _cached(
+    base = {  # the untrained model on the test prompts, without and with the context
+        side: _cached(
             cache,
-            "base-without",
+            f"base-{side}",
             base_key,
-            lambda: evaluate_model(
+            lambda with_context=with_context, side=side: evaluate_model(
                 cfg.model.student,
                 cfg,
                 plan,
                 renderer,
                 held_out,
                 scorer,
-                with_context=False,
-                label="base without the prompt",
+                with_context=with_context,
+                label=f"base {side} the prompt",
             ),
-        ),
-        "with": _cached(
-            cache,
-            "base-with",
-            base_key,
-            lambda: evaluate_model(
-                cfg.model.student,
-                cfg,
-                plan,
-                renderer,
-                held_out,
-                scorer,
-                with_context=True,
-                label="base with the prompt",
-            ),
-        ),
+        )
+        for side, with_context in (("without", False), ("with", True))
     }
     if plan.ood:
         base["without"] |= _cached(
