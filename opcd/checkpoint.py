@@ -46,12 +46,15 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state(state["numpy"])
 
 
-def save(run_dir: Path, step: int, student, tokenizer, trainer_state: dict, keep: int = 0) -> Path:
+def save(
+    run_dir: Path, step: int, student, tokenizer, trainer_state: dict, keep: int = 0, state_dict: dict | None = None
+) -> Path:
+    """Write checkpoint `step` atomically; `state_dict`: the whole weights when the student itself is sharded."""
     target = step_dir(run_dir, step)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
     try:
-        student.save_pretrained(tmp / "model")
+        student.save_pretrained(tmp / "model", state_dict=state_dict)
         tokenizer.save_pretrained(tmp / "model")
         torch.save(trainer_state, tmp / "trainer_state.pt")
         if target.exists():  # an earlier, interrupted run saved this step; the new one replaces it

@@ -69,7 +69,8 @@ def resolve_device(name: str) -> torch.device:
 class HFSampler:
     """Batched sampling with `model.generate`, prompts left-padded in one batch per call."""
 
-    def __init__(self, model, rollout: RolloutConfig, eos_ids: set[int], pad_id: int, dtype: str):
+    def __init__(self, model, rollout: RolloutConfig, eos_ids: set[int], pad_id: int, dtype: str, synced: bool = False):
+        """`synced`: the model is sharded over ranks (FSDP), so every rank keeps stepping until all are done."""
         from transformers import GenerationConfig
 
         self.model = model
@@ -77,6 +78,7 @@ class HFSampler:
         self.pad_id = pad_id
         self.dtype = dtype
         self.batch_size = rollout.batch_size
+        self.synced = synced
         greedy = rollout.temperature == 0  # evaluation only; training validates temperature > 0
         self.config = GenerationConfig(
             do_sample=not greedy,
@@ -106,7 +108,9 @@ class HFSampler:
             ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in group], device=device)
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in group], device=device)
             with autocast(self.dtype, device):
-                out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=self.config)
+                out = self.model.generate(
+                    input_ids=ids, attention_mask=mask, generation_config=self.config, synced_gpus=self.synced
+                )
             results += [cut_at_eos(row[width:].tolist(), self.eos_ids) for row in out]
         self.model.train(was_training)
         return results

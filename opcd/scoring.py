@@ -129,6 +129,24 @@ def response_hidden(model, batch: Batch) -> Tensor:
     return out.last_hidden_state[:, start : start + batch.response_ids.shape[1]].contiguous()
 
 
+def response_logits_whole(model, batch: Batch) -> Tensor:
+    """Logits that predict each response token, [B, R, V], through the model's own forward (no prefix cache).
+
+    For models whose submodules cannot be called on their own (FSDP: the root's hooks gather the embeddings and the
+    head). Only the last R + 1 columns reach the head; the last of them predicts past the response and is dropped."""
+    assert batch.prefix is None
+    batch = batch.to(model_device(model))
+    width = batch.response_ids.shape[1]
+    out = model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        logits_to_keep=width + 1,
+        use_cache=False,
+    )
+    return out.logits[:, :width]
+
+
 def response_logits(model, batch: Batch) -> Tensor:
     """Logits that predict each response token, [B, R, V] (for tests and small batches)."""
     return model.get_output_embeddings()(response_hidden(model, batch))

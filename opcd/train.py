@@ -27,7 +27,7 @@ from opcd.losses import backward_chunked, reduction_weights, reward_to_go
 from opcd.metrics import MetricsLog
 from opcd.prompts import PromptRenderer, check_lengths
 from opcd.rollout import HFSampler, Rollout, autocast, eos_ids, resolve_device
-from opcd.scoring import make_batch, response_hidden
+from opcd.scoring import make_batch, response_hidden, response_logits_whole
 from opcd.teachers import Teacher, build_teacher
 
 
@@ -117,6 +117,7 @@ def _sample(
     seed,
     first_chunk=0,
     engine=None,
+    synced=False,
 ):
     """Responses for the drawn examples: the student answers its own prompt, or the teacher answers with context."""
     on_policy = mode.sampler == "student"
@@ -126,7 +127,9 @@ def _sample(
         results = engine.generate(prompts, seed, first_chunk)
     else:
         with nullcontext(student) if on_policy else teacher.active() as model:
-            sampler = HFSampler(model, cfg.rollout, eos, tokenizer.pad_token_id, cfg.model.dtype)
+            sampler = HFSampler(
+                model, cfg.rollout, eos, tokenizer.pad_token_id, cfg.model.dtype, synced=synced and on_policy
+            )
             results = sampler.generate(prompts, seed, first_chunk)
     return [
         Rollout(i, pairs[i].student_ids, pairs[i].teacher_ids, pairs[i].teacher_prefix, response, finished)
@@ -149,6 +152,21 @@ def _diagnostics(sums: dict[str, float], mask: torch.Tensor, temp: float, top_k:
     return on_chunk
 
 
+def _check_fsdp(cfg: Config) -> None:
+    """What sharded training does not cover, refused before any model is loaded."""
+    for bad, why in [
+        (cfg.model.lora_rank > 0, "LoRA adapters are small enough to replicate: launch without FSDP (DDP)"),
+        (
+            cfg.model.teacher in ("live", "ema"),
+            f"model.teacher = '{cfg.model.teacher}' reads the sharded student's "
+            "weights: use the frozen teacher or a teacher model",
+        ),
+        (cfg.rollout.engine == "vllm", "vLLM rollouts need the whole weights on each rank: launch without FSDP"),
+    ]:
+        if bad:
+            raise OpcdError(f"FSDP (accelerate config distributed_type: FSDP): {why}")
+
+
 def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
     """Train the student as `cfg` says; returns the run directory (checkpoints, metrics.jsonl, config.toml)."""
     validate(cfg)
@@ -157,6 +175,8 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
 
         require_vllm()  # before any model is loaded
     ranks = Ranks()
+    if ranks.fsdp:
+        _check_fsdp(cfg)
     mine = ranks.shard(cfg.train.prompts_per_step * cfg.rollout.samples_per_prompt)
     progress = progress and ranks.main
     run_dir = Path(cfg.train.run_dir)
@@ -176,12 +196,23 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
             student.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if state is not None:
+        if state.get("fsdp", False) != ranks.fsdp:
+            saved = "FSDP" if state.get("fsdp", False) else "replicated weights"
+            raise OpcdError(f"cannot resume {run_dir}: its checkpoint was written with {saved}; launch it the same way")
+        checkpoint.load_student_weights(student, resumed_from)  # into the whole model, before any sharding
+    if ranks.fsdp:
+        student = ranks.shard_model(student)
+        if ranks.main:
+            print(f"opcd: student sharded with FSDP2 over {ranks.world} processes")
     params = [p for p in student.parameters() if p.requires_grad]
     t = cfg.train
     optimizer = make_optimizer(params, t)
     if state is not None:
-        checkpoint.load_student_weights(student, resumed_from)
-        optimizer.load_state_dict(state["optimizer"])
+        if ranks.fsdp:
+            ranks.load_full_optimizer_state(student, optimizer, state["optimizer"])
+        else:
+            optimizer.load_state_dict(state["optimizer"])
         teacher.load_state_dict(state["teacher"])
         checkpoint.set_rng_state(state["rng"])
         if ranks.main:
@@ -205,6 +236,8 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
     warned = False
 
     def student_head(hidden):
+        if ranks.fsdp:  # the student's forward already ended in the head (FSDP gathers it with the root)
+            return hidden
         with autocast(dtype, device):
             return head(hidden)
 
@@ -230,7 +263,18 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
         idx = [i for i in idx for _ in range(cfg.rollout.samples_per_prompt)]
         first_chunk = mine.start // (cfg.rollout.batch_size or (mine.stop - mine.start))
         rollouts = _sample(
-            mode, cfg, student, teacher, tokenizer, eos, pairs, idx[mine], step_seed(t.seed, step), first_chunk, engine
+            mode,
+            cfg,
+            student,
+            teacher,
+            tokenizer,
+            eos,
+            pairs,
+            idx[mine],
+            step_seed(t.seed, step),
+            first_chunk,
+            engine,
+            synced=ranks.fsdp,
         )
         timers["generate"] = time.perf_counter() - step_began
         local_tokens = sum(len(r.response) for r in rollouts)
@@ -244,6 +288,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
             s_batch = make_batch([r.student_prompt for r in micro], responses, tokenizer.pad_token_id).to(device)
             mask = s_batch.response_mask
             weights = reduction_weights(mask, cfg.loss.reduction, total_tokens=total_tokens, total_sequences=len(idx))
+            grad_weights = weights * ranks.loss_scale
             t_hidden = None
             if mode.uses_teacher_logits:
                 began = time.perf_counter()
@@ -256,8 +301,8 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
                 )
                 timers["teacher"] += time.perf_counter() - began
             began, teacher_before = time.perf_counter(), timers["teacher"]
-            with autocast(dtype, device):
-                s_hidden = response_hidden(student, s_batch)
+            with autocast(dtype, device):  # under FSDP: the logits themselves (see student_head)
+                s_hidden = (response_logits_whole if ranks.fsdp else response_hidden)(student, s_batch)
             loss_fn = token_loss
             if objectives.needs_returns(cfg.loss):
                 rewards = backward_chunked(
@@ -266,7 +311,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
                     student_head,
                     teacher_head,
                     s_batch.response_ids,
-                    weights,
+                    grad_weights,
                     objectives.sampled_reward(temp),
                     chunk,
                 )
@@ -277,7 +322,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
                 student_head,
                 teacher_head,
                 s_batch.response_ids,
-                weights,
+                grad_weights,
                 loss_fn,
                 chunk,
                 on_chunk=_diagnostics(sums, mask, temp, cfg.loss.top_k),
@@ -297,6 +342,8 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
         began = time.perf_counter()
         ranks.sum_grads(params)  # every rank now holds the whole step's gradient
         grad_norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm > 0 else math.inf)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP: a replicated DTensor
+            grad_norm = grad_norm.full_tensor()
         finite = bool(torch.isfinite(grad_norm))
         lr = t.lr * min(1.0, step / t.warmup_steps) if t.warmup_steps else t.lr
         for group in optimizer.param_groups:
@@ -335,15 +382,19 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
             )
         bar.set_postfix(kl=f"{metrics.get('kl/reverse_full', float('nan')):.4f}", loss=f"{sums['loss']:.4f}")
         if (t.save_every and step % t.save_every == 0) or step == t.steps:
+            weights_now = ranks.full_state_dict(student) if ranks.fsdp else None  # gathered by every rank together
             trainer_state = {
                 "step": step,
-                "optimizer": optimizer.state_dict(),
+                "optimizer": ranks.full_optimizer_state(student, optimizer) if ranks.fsdp else optimizer.state_dict(),
                 "rng": checkpoint.rng_state(),
                 "teacher": teacher.state_dict(),
                 "config": cfg.to_dict(),
+                "fsdp": ranks.fsdp,
             }
             if ranks.main:
-                checkpoint.save(run_dir, step, student, tokenizer, trainer_state, keep=t.keep_checkpoints)
+                checkpoint.save(
+                    run_dir, step, student, tokenizer, trainer_state, keep=t.keep_checkpoints, state_dict=weights_now
+                )
             ranks.barrier()
     if log is not None:
         log.close()

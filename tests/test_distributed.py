@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,11 +26,17 @@ def _config(tmp_path, tiny_model, prompts_file):
     return path
 
 
-def _launch(config, *overrides, resume=False):
+ROOT = Path(__file__).resolve().parents[1]
+FSDP = ("--config_file", str(ROOT / "configs" / "accelerate" / "fsdp.yaml"))  # the file the README points to
+
+
+def _launch(config, *overrides, resume=False, how=("--multi_gpu",)):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # --multi_gpu is accelerate's name for "several local processes"; without GPUs they talk over gloo
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+    command = [sys.executable, "-m", "accelerate.commands.launch", *how, "--num_processes", "2"]
+    command += ["--num_machines", "1", "--main_process_port", "0"]
+    if how[0] != "--config_file":
+        command += ["--mixed_precision", "no", "--dynamo_backend", "no"]
     command += ["-m", "opcd.cli", "train", str(config), *overrides] + (["--resume"] if resume else [])
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
@@ -42,15 +49,26 @@ def _weights(run, step):
     return load_file(run / "checkpoints" / f"step-{step:06d}" / "model" / "model.safetensors")
 
 
-def test_two_processes_take_the_same_steps_as_one(tiny_model, prompts_file, tmp_path):
+@pytest.fixture(scope="module")
+def one_process_run(tiny_model, prompts_file, tmp_path_factory):
+    """The reference: one process, 3 steps. It generates each step's 4 prompts in chunks of 2 (seeded by chunk);
+    each of two ranks generates one chunk."""
+    tmp_path = tmp_path_factory.mktemp("one")
     config = _config(tmp_path, tiny_model, prompts_file)
-    one, two = tmp_path / "one", tmp_path / "two"
-    # one process generates the step's 4 prompts in chunks of 2 (seeded by chunk); each of two ranks generates one chunk
-    assert main(["train", str(config), f"train.run_dir={one}", "train.steps=3", "rollout.batch_size=2"]) == 0
-    done = _launch(config, f"train.run_dir={two}", "train.steps=2")
+    run = tmp_path / "run"
+    assert main(["train", str(config), f"train.run_dir={run}", "train.steps=3", "rollout.batch_size=2"]) == 0
+    return run
+
+
+@pytest.mark.parametrize("how", [("--multi_gpu",), FSDP], ids=["replicated", "fsdp"])
+def test_two_processes_take_the_same_steps_as_one(how, one_process_run, tiny_model, prompts_file, tmp_path):
+    config = _config(tmp_path, tiny_model, prompts_file)
+    one, two = one_process_run, tmp_path / "two"
+    done = _launch(config, f"train.run_dir={two}", "train.steps=2", how=how)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("run finished") == 1  # rank 0 speaks for the run
-    resumed = _launch(config, f"train.run_dir={two}", "train.steps=3", resume=True)  # checkpoint + resume, 2 ranks
+    assert ("student sharded with FSDP2 over 2 processes" in done.stdout) == (how == FSDP)
+    resumed = _launch(config, f"train.run_dir={two}", "train.steps=3", resume=True, how=how)  # resume on 2 ranks
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
     a, b = _metrics(one), _metrics(two)
@@ -69,3 +87,38 @@ def test_a_batch_that_does_not_split_over_the_processes_is_refused(tiny_model, p
     done = _launch(config, f"train.run_dir={tmp_path / 'r'}", "train.steps=1", "train.prompts_per_step=3")
     assert done.returncode != 0
     assert "do not split evenly over 2 processes" in done.stderr
+
+
+def test_what_fsdp_does_not_cover_is_refused_before_loading(tiny_model, prompts_file, tmp_path):
+    config = _config(tmp_path, tiny_model, prompts_file)
+    done = _launch(config, f"train.run_dir={tmp_path / 'r'}", "model.lora_rank=4", how=FSDP)
+    assert done.returncode != 0
+    assert "FSDP (accelerate config distributed_type: FSDP): LoRA adapters" in done.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_replicated_checkpoint_is_not_resumed_under_fsdp(tiny_model, prompts_file, tmp_path):
+    config = _config(tmp_path, tiny_model, prompts_file)
+    run = tmp_path / "r"
+    assert main(["train", str(config), f"train.run_dir={run}", "train.steps=1"]) == 0
+    done = _launch(config, f"train.run_dir={run}", "train.steps=2", resume=True, how=FSDP)
+    assert done.returncode != 0
+    assert "was written with replicated weights; launch it the same way" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"ACCELERATE_USE_DEEPSPEED": "true"}, "DeepSpeed is not supported"),
+        ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, "set fsdp_version: 2"),
+    ],
+)
+def test_launch_configurations_opcd_does_not_run_are_named(monkeypatch, env, message):
+    from opcd.distributed import Ranks
+    from opcd.errors import OpcdError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(OpcdError, match=message):
+        Ranks()
