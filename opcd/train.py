@@ -395,6 +395,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
                 checkpoint.save(
                     run_dir, step, student, tokenizer, trainer_state, keep=t.keep_checkpoints, state_dict=weights_now
                 )
+            del weights_now, trainer_state  # under FSDP: full CPU copies, 6x the model; gone before the next step
             ranks.barrier()
     if log is not None:
         log.close()
