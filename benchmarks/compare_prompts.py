@@ -216,6 +216,7 @@ def main() -> None:
         _cell(Path(c["out"]), c["name"], c["method"], c["seed"], c["steps"], suites, c["lr"])
         return
     names, seeds, steps, ood = args.prompts, args.seeds, args.steps, dict(OOD_DEFAULT)
+    ood["instructions"] = (60, OOD_DEFAULT["instructions"][1])  # the suite's first 60: what the table was measured on
     if args.quick:
         names, seeds, steps = ["french"], [0], 4
         ood = {k: (10, r) for k, (_, r) in OOD_DEFAULT.items()}

@@ -227,7 +227,8 @@ def distill_prompt(cfg: Config, plan: EvalPlan, *, progress: bool = True) -> dic
         "scorer": plan.scorer,
         "rollout": asdict(plan.rollout),
     }
-    ood_key = {"model": cfg.model.student, "ood": str(plan.ood), "dtype": cfg.model.dtype, "items": ood_digest()}
+    used = plan.ood.get("instructions", (0, None))[0]
+    ood_key = {"model": cfg.model.student, "ood": str(plan.ood), "dtype": cfg.model.dtype, "items": ood_digest(used)}
     base = {  # the untrained model on the test prompts, without and with the context
         side: _cached(
             cache,

@@ -57,7 +57,7 @@ def test_scorer_uses_the_example_answer_and_names_a_missing_one():
 
 def test_instruction_following_uses_ifeval_checkers():
     items = instruction_items()
-    assert len(items) == 60 and len({i.prompt for i in items}) == 60
+    assert len(items) == 120 and len({i.prompt for i in items}) == 120
     fewer_than_40 = items[0]
     assert instruction_following(fewer_than_40, "The sun rises gold over calm water.")
     assert not instruction_following(fewer_than_40, "word " * 50)
@@ -78,3 +78,28 @@ def test_grader_specs_and_choice_references_are_checked():
     assert choice("<answer>B</answer>", "B. Paris") and choice("<answer>b)</answer>", "(B)")
     with pytest.raises(OpcdError, match="does not start with an option letter"):
         choice("<answer>B</answer>", "42")
+
+
+def test_instruction_prompts_61_to_120():
+    items, first = instruction_items(), instruction_items(60)
+    assert len(items) == 120 and first == items[:60]
+    assert first[0].prompt == "Describe a sunrise over the sea in fewer than 40 words."
+    assert first[59].prompt == 'Tell me about elephants. Include the keywords "trunk" and "herd" in the response.'
+    hike = items[63]  # a title and exactly 3 bullets
+    assert instruction_following(hike, "<<Day Hike>>\n* A map\n* A rain jacket\n* Water")
+    assert not instruction_following(hike, "Day Hike\n* A map\n* A rain jacket\n* Water")
+    note = items[66]  # 2 placeholders and a P.S.
+    assert instruction_following(note, "Dear [name], the heater in flat [number] is broken.\nP.S. I am home after six.")
+    assert not instruction_following(note, "Dear [name], the heater in flat [number] is broken.")
+    garden = items[103]  # no "flower(s)", "bloom(s)", "blooming"
+    assert instruction_following(garden, "Buds open and bees hum between the tulips.")
+    assert not instruction_following(garden, "Tulips are blooming and bees hum between them.")
+    lemonade = items[105]  # "lemonade" at least twice
+    assert instruction_following(lemonade, "Fresh lemonade! Our lemonade costs one dollar.")
+    assert not instruction_following(lemonade, "Fresh lemonade! Only one dollar a cup.")
+    spider = items[112]  # repeat the request first
+    assert instruction_following(spider, "How many legs does a spider have? Eight.")
+    assert not instruction_following(spider, "A spider has eight legs.")
+    city = items[118]  # 2 paragraphs, the second starting with "However"
+    assert instruction_following(city, "Cities have many jobs.\n\nHowever, they are noisy.")
+    assert not instruction_following(city, "Cities have many jobs. However, they are noisy.")
