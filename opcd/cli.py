@@ -34,6 +34,80 @@ def _demo(args) -> None:
     _print_results(run_demo(args.run_dir, args.overrides))
 
 
+def _experience_extract(args) -> None:
+    from opcd.config import load_config
+    from opcd.experience import extract
+
+    folder = extract(load_config(args.config, args.overrides))
+    print(f"opcd: experience written to {folder} (seed-N.jsonl, stairs.png)")
+
+
+def _experience_select(args) -> None:
+    from pathlib import Path
+
+    from opcd.config import load_config
+    from opcd.experience import load_pool, select, write_per_prompt, write_selection
+
+    cfg = load_config(args.config, args.overrides)
+    folder = Path(cfg.experience.dir)
+    pool = load_pool(folder, cfg.experience.token_budget)
+    if args.per_prompt:
+        out = write_per_prompt(cfg, pool, args.seed)
+        print(f"opcd: {out}: every training problem with its own random context from the pool of {len(pool)}")
+        return
+    chosen = select(pool, args.how, args.count, args.seed)
+    out = write_selection(folder, args.how, chosen)
+    for c in chosen:
+        score = "not scored" if c.validation is None else f"validation {c.validation:.1%}"
+        print(f"{c.name}: {len(c.items)} items, {c.tokens} tokens, {score}")
+    print(f"opcd: {len(chosen)} of {len(pool)} candidate contexts written to {out}")
+
+
+def _consolidate_plan(args):
+    from opcd.consolidate import Plan
+
+    return Plan(
+        selection=args.how,
+        count=args.count,
+        selection_seed=args.seed,
+        methods=tuple(args.methods),
+        seeds=tuple(args.seeds),
+        test_n=args.test_n,
+        ood=not args.no_ood,
+    )
+
+
+def _experience_consolidate(args) -> None:
+    from opcd.config import load_config
+    from opcd.consolidate import consolidate, table
+
+    results = consolidate(load_config(args.config, args.overrides), _consolidate_plan(args))
+    print(table(results))
+
+
+def _experience_run(args) -> None:
+    from opcd.config import load_config
+    from opcd.consolidate import consolidate, table
+    from opcd.experience import extract
+
+    cfg = load_config(args.config, args.overrides)
+    extract(cfg)
+    print(table(consolidate(cfg, _consolidate_plan(args))))
+
+
+def _add_selection_args(p, consolidating: bool) -> None:
+    p.add_argument("config", help="TOML config with an [experience] section (see configs/experience_*.toml)")
+    p.add_argument("overrides", nargs="*", help="section.key=value, e.g. experience.seeds=3")
+    p.add_argument("--how", choices=["best", "random"], default="best", help="best on validation, or random ones")
+    p.add_argument("--count", type=int, default=3, help="random: how many contexts (mean ± std over them)")
+    p.add_argument("--seed", type=int, default=0, help="random: which ones")
+    if consolidating:
+        p.add_argument("--methods", nargs="+", default=["offpolicy", "opcd"], choices=["offpolicy", "opcd"])
+        p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (default 0 1)")
+        p.add_argument("--test-n", type=int, default=40, help="GSM8K test problems / game test environments")
+        p.add_argument("--no-ood", action="store_true", help="skip the instruction-following check")
+
+
 def _scorer_specs(args) -> tuple[str, ...]:
     from opcd.errors import OpcdError
 
@@ -207,6 +281,23 @@ def parser() -> argparse.ArgumentParser:
     _add_eval_args(e, "paper")
     e.set_defaults(func=_eval)
 
+    x = sub.add_parser("experience", help="experiential knowledge: extract, select, consolidate (or run all)")
+    xs = x.add_subparsers(dest="stage", required=True)
+    xe = xs.add_parser("extract", help="solve problems, write lessons, save every intermediate context (resumes)")
+    xe.add_argument("config", help="TOML config with an [experience] section (see configs/experience_*.toml)")
+    xe.add_argument("overrides", nargs="*", help="section.key=value, e.g. experience.seeds=3")
+    xe.set_defaults(func=_experience_extract)
+    xsel = xs.add_parser("select", help="pick contexts from the pool: the best on validation, or random ones")
+    _add_selection_args(xsel, consolidating=False)
+    xsel.add_argument("--per-prompt", action="store_true", help="a random context per training problem (math)")
+    xsel.set_defaults(func=_experience_select)
+    xc = xs.add_parser("consolidate", help="distill the selected contexts (off-policy and OPCD) and compare")
+    _add_selection_args(xc, consolidating=True)
+    xc.set_defaults(func=_experience_consolidate)
+    xr = xs.add_parser("run", help="extract, then consolidate: the whole pipeline")
+    _add_selection_args(xr, consolidating=True)
+    xr.set_defaults(func=_experience_run)
+
     d = sub.add_parser("demo", help="distill a system prompt into the default model on this CPU")
     d.add_argument("--run-dir", default="runs/demo")
     d.add_argument("overrides", nargs="*", help="section.key=value applied to the demo's config")
@@ -226,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
             "train": "rerun with --resume",
             "distill-prompt": "rerun the same command to resume",
             "demo": "rerun the same command to resume",
+            "experience": "rerun the same command to resume",
         }
         hint = again.get(args.command, "nothing was written")
         print(f"opcd: interrupted (checkpoints and results written so far are intact; {hint})", file=sys.stderr)

@@ -88,12 +88,31 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class ExperienceConfig:
+    task: Literal["math", "frozenlake", "sokoban"] = "math"
+    model: str = ""  # who solves and writes the lessons ("" = model.student; cross-size: the larger teacher)
+    dir: str = "runs/experience"  # seed-N.jsonl (every intermediate context), stairs.png, selections
+    problems: str = "opcd:math_train"  # math: problems solved one after another during extraction
+    problems_per_seed: int = 8  # problems (games: episodes) each seed solves, i.e. contexts per seed
+    seeds: int = 2  # extraction seeds 0..N-1; their intermediate contexts form the candidate pool
+    validation: str = "opcd:math_val"  # math: problems that score every intermediate context
+    validation_max: int = 16  # validation problems (games: episodes) per context (0 = no validation scores)
+    token_budget: int = 512  # experience tokens kept; beyond it the oldest whole items are dropped
+    solve_tokens: int = 320  # answer budget of an extraction attempt (games: per turn)
+    lesson_tokens: int = 160  # budget of the lesson-writing answer
+    eval_tokens: int = 320  # answer budget when scoring contexts (games: per turn)
+    wrapper: str = ""  # file with the in-context template ({context}, {prompt}); "" = built-in for the task
+    lesson_prompt: str = ""  # file with the lesson request ({trace}, {experience}); "" = built-in for the task
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    experience: ExperienceConfig = field(default_factory=ExperienceConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -184,6 +203,10 @@ def validate(cfg: Config) -> None:
             r.engine == "hf" or l.mode == "opcd",
             "rollout.engine = 'vllm' samples the student (loss.mode = 'opcd'); the off-policy modes sample the teacher "
             "with HF generate: set rollout.engine = 'hf'",
+        ),
+        (
+            not (cfg.data.prompts.startswith("game:") and r.engine == "vllm"),
+            "game episodes are played with HF generate: set rollout.engine = 'hf'",
         ),
         (l.top_k >= 1, "loss.top_k must be >= 1"),
         (0 <= l.discount <= 1, "loss.discount must be in [0, 1]"),

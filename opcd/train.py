@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from opcd import checkpoint, models, objectives
 from opcd.config import Config, ModelConfig, save_config, validate
-from opcd.data import load_examples
+from opcd.data import load_examples, shared_context
 from opcd.distributed import Ranks
 from opcd.errors import OpcdError
 from opcd.losses import backward_chunked, reduction_weights, reward_to_go
@@ -76,7 +76,13 @@ RESUMABLE_CHANGES = {
 
 
 def _changed(saved: dict, now: dict) -> list[str]:
-    return [f"{s}.{k}" for s in now for k in now[s] if now[s][k] != saved[s][k] and (s, k) not in RESUMABLE_CHANGES]
+    sections = [s for s in now if s != "experience"]  # how the context was made, not how training runs
+    return [
+        f"{s}.{k}"
+        for s in sections
+        for k in now[s]
+        if now[s][k] != saved.get(s, {}).get(k) and (s, k) not in RESUMABLE_CHANGES
+    ]
 
 
 def check_resumable(run_dir: Path, cfg: Config) -> None:
@@ -152,6 +158,11 @@ def _diagnostics(sums: dict[str, float], mask: torch.Tensor, temp: float, top_k:
     return on_chunk
 
 
+def game_of(cfg: Config) -> str:
+    """`data.prompts = "game:NAME"`: train on the turns of episodes of that game instead of a prompt file."""
+    return cfg.data.prompts[5:] if cfg.data.prompts.startswith("game:") else ""
+
+
 def _check_fsdp(cfg: Config) -> None:
     """What sharded training does not cover, refused before any model is loaded."""
     for bad, why in [
@@ -162,6 +173,7 @@ def _check_fsdp(cfg: Config) -> None:
             "weights: use the frozen teacher or a teacher model",
         ),
         (cfg.rollout.engine == "vllm", "vLLM rollouts need the whole weights on each rank: launch without FSDP"),
+        (bool(game_of(cfg)), "game episodes differ in length across ranks, which sharded steps cannot follow"),
     ]:
         if bad:
             raise OpcdError(f"FSDP (accelerate config distributed_type: FSDP): {why}")
@@ -183,9 +195,22 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
     start_step, state, resumed_from = _start(run_dir, cfg, resume)
     mode = objectives.MODES[cfg.loss.mode]
     tokenizer = models.load_tokenizer(cfg.model.student)
-    examples = load_examples(cfg.data)
-    renderer = PromptRenderer(tokenizer, cfg.data)
-    pairs = [renderer.render(e.messages, e.context) for e in examples]
+    game = game_of(cfg)
+    if game:  # the prompts are the turns of episodes played each step (opcd.episodes)
+        from opcd.episodes import POOL, TRAINING_SEEDS, episode_rollouts, game_renderer, play
+        from opcd.games import make_game
+
+        make_game(game)  # an unknown game fails before any model loads
+
+        context = shared_context(cfg.data)
+        if not context.strip():
+            raise OpcdError("a game run needs the experience to distill: set data.context or data.context_file")
+        renderer = game_renderer(tokenizer, cfg.data.user_template)
+        examples, pairs = [], []
+    else:
+        examples = load_examples(cfg.data)
+        renderer = PromptRenderer(tokenizer, cfg.data)
+        pairs = [renderer.render(e.messages, e.context) for e in examples]
     device = resolve_device(cfg.model.device)
     student = build_student(cfg.model).to(device)
     limit = getattr(student.config, "max_position_embeddings", None) or 10**9
@@ -259,27 +284,46 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
         timers.clear()
         step_began = time.perf_counter()
         torch.manual_seed(step_seed(t.seed, step))
-        idx = batch_indices(len(examples), t.prompts_per_step, t.seed, step)
+        idx = batch_indices(POOL if game else len(examples), t.prompts_per_step, t.seed, step)
         idx = [i for i in idx for _ in range(cfg.rollout.samples_per_prompt)]
         first_chunk = mine.start // (cfg.rollout.batch_size or (mine.stop - mine.start))
-        rollouts = _sample(
-            mode,
-            cfg,
-            student,
-            teacher,
-            tokenizer,
-            eos,
-            pairs,
-            idx[mine],
-            step_seed(t.seed, step),
-            first_chunk,
-            engine,
-            synced=ranks.fsdp,
-        )
+        if game:  # every turn of every episode is a sample; the student plays (opcd) or the teacher with context
+            on_policy = mode.sampler == "student"
+            with nullcontext(student) if on_policy else teacher.active() as player:
+                episodes = play(
+                    player,
+                    tokenizer,
+                    renderer,
+                    game,
+                    [TRAINING_SEEDS + i for i in idx[mine]],
+                    cfg.rollout,
+                    dtype,
+                    step_seed(t.seed, step) + ranks.rank,
+                    None if on_policy else context,
+                )
+            rollouts = episode_rollouts(renderer, episodes, context)
+            wins = sum(e.success for e in episodes)
+        else:
+            rollouts = _sample(
+                mode,
+                cfg,
+                student,
+                teacher,
+                tokenizer,
+                eos,
+                pairs,
+                idx[mine],
+                step_seed(t.seed, step),
+                first_chunk,
+                engine,
+                synced=ranks.fsdp,
+            )
+            wins = 0
         timers["generate"] = time.perf_counter() - step_began
         local_tokens = sum(len(r.response) for r in rollouts)
         local_unfinished = sum(not r.finished for r in rollouts)
-        total_tokens, unfinished = (int(v) for v in ranks.sum([local_tokens, local_unfinished]))
+        shared = ranks.sum([local_tokens, local_unfinished, len(rollouts), wins])
+        total_tokens, unfinished, sequences, wins = (int(v) for v in shared)
         sums: dict[str, float] = defaultdict(float)
 
         for start in range(0, len(rollouts), t.micro_batch_size):
@@ -287,7 +331,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
             responses = [r.response for r in micro]
             s_batch = make_batch([r.student_prompt for r in micro], responses, tokenizer.pad_token_id).to(device)
             mask = s_batch.response_mask
-            weights = reduction_weights(mask, cfg.loss.reduction, total_tokens=total_tokens, total_sequences=len(idx))
+            weights = reduction_weights(mask, cfg.loss.reduction, total_tokens=total_tokens, total_sequences=sequences)
             grad_weights = weights * ranks.loss_scale
             t_hidden = None
             if mode.uses_teacher_logits:
@@ -359,8 +403,8 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
             "loss/value": sums["loss"],
             "kl/reverse_full": kl,
             "kl/topk_mass": sums["topk_mass"] / max(total_tokens, 1),
-            "rollout/response_tokens": total_tokens / len(idx),
-            "rollout/truncated": unfinished / len(idx),
+            "rollout/response_tokens": total_tokens / sequences,
+            "rollout/truncated": unfinished / sequences,
             "optim/grad_norm": float(grad_norm),
             "optim/lr": lr,
             "optim/skipped": float(not finite),
@@ -370,6 +414,9 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
         }
         if not mode.uses_teacher_logits:
             del metrics["kl/reverse_full"]
+        if game:
+            metrics["rollout/success"] = wins / len(idx)
+            metrics["rollout/turns"] = sequences / len(idx)
         if log is not None:
             log.log(step, metrics)
         leaking = cfg.loss.estimator == "topk" and mode.sampler == "student" and metrics["kl/topk_mass"] < 0.5

@@ -1,0 +1,377 @@
+"""Consolidation: move a selected experience into the weights, and compare with the paper's baselines.
+
+For every selected context, every method (`offpolicy`, `opcd`) and every training seed, one distillation run: the
+teacher is the frozen model (or the larger `model.teacher`) with the experience in the in-context wrapper, the
+student sees the bare problem (math) or game turn. Base and In-Context (the student model *with* the experience in
+its prompt) are measured on the same test set; for a cross-size teacher, the teacher with its own experience too.
+Math reuses `distill_prompt` (test: the GSM8K subset); games play the fixed test environments.
+
+Each run goes into its own process (a long sweep in one process keeps growing in memory here) and its own run
+directory under `DIR/consolidate/`, so rerunning the command resumes: finished runs are read back, not redone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing
+import statistics
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from opcd import models
+from opcd.config import Config, DataConfig
+from opcd.distill import OOD_DEFAULT, EvalPlan, _cached, distill_prompt, evaluate_ood, write_atomic
+from opcd.errors import OpcdError
+from opcd.experience import WRAPPERS, Candidate, greedy, load_pool, select, template
+
+METHODS = ("offpolicy", "opcd")
+LABELS = {"offpolicy": "Off-policy CD", "opcd": "OPCD"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What to consolidate and how to test it."""
+
+    selection: str = "best"  # best | random
+    count: int = 3  # random: contexts drawn from the pool
+    selection_seed: int = 0
+    methods: tuple[str, ...] = METHODS
+    seeds: tuple[int, ...] = (0, 1)  # training seeds
+    test_n: int = 40  # math: GSM8K test problems; games: test environments 0..N-1
+    ood: bool = True  # instruction following (IF-Eval style), base and students
+
+
+def _wrapper(cfg: Config) -> str:
+    kind = "math" if cfg.experience.task == "math" else "game"
+    return template(cfg.experience.wrapper, WRAPPERS[kind], ("context", "prompt"), "experience.wrapper")
+
+
+def run_config(cfg: Config, context: str, method: str, seed: int, run_dir: Path) -> Config:
+    """The distillation run for one (context, method, seed)."""
+    e = cfg.experience
+    prompts = e.problems if e.task == "math" else f"game:{e.task}"
+    data = DataConfig(
+        **{
+            **asdict(cfg.data),
+            "prompts": prompts,
+            "context": context,
+            "context_file": "",
+            "placement": "user",
+            "user_template": _wrapper(cfg),
+        }
+    )
+    return dataclasses.replace(
+        cfg,
+        data=data,
+        loss=dataclasses.replace(cfg.loss, mode=method),
+        train=dataclasses.replace(cfg.train, seed=seed, run_dir=str(run_dir)),
+    )
+
+
+def _ood_suites(plan: Plan) -> dict:
+    return {"instructions": OOD_DEFAULT["instructions"]} if plan.ood else {}
+
+
+def eval_plan(cfg: Config, plan: Plan, folder: Path) -> EvalPlan:
+    return EvalPlan(
+        scorer=("number",),
+        test_prompts="opcd:gsm8k_test",
+        test_max=plan.test_n,
+        rollout=greedy(cfg.experience.eval_tokens),
+        ood=_ood_suites(plan),
+        keep_weights=False,
+        base_cache=str(folder / "base"),
+    )
+
+
+def distill_game(cfg: Config, plan: Plan, folder: Path, progress: bool = True) -> dict:
+    """Base / In-Context / student success on the test environments, plus instruction following."""
+    from opcd.data import shared_context
+    from opcd.episodes import game_renderer, success_rate
+    from opcd.train import check_resumable, train
+
+    began = time.time()
+    run = Path(cfg.train.run_dir)
+    check_resumable(run, cfg)
+    game, e = cfg.experience.task, cfg.experience
+    tokenizer = models.load_tokenizer(cfg.model.student)
+    renderer = game_renderer(tokenizer, cfg.data.user_template)
+    context = shared_context(cfg.data)
+    key = {
+        "model": cfg.model.student,
+        "game": game,
+        "n": plan.test_n,
+        "tokens": e.eval_tokens,
+        "dtype": cfg.model.dtype,
+    }
+
+    def rate(model_path: str, with_context: bool) -> dict:
+        model = models.load_model(model_path, cfg.model.dtype, cfg.model.device)
+        r, episodes = success_rate(
+            model,
+            tokenizer,
+            renderer,
+            game,
+            plan.test_n,
+            e.eval_tokens,
+            cfg.model.dtype,
+            context if with_context else None,
+        )
+        return {"rate": r, "n": plan.test_n, "turns": sum(len(x.turns) for x in episodes) / len(episodes)}
+
+    base_dir = folder / "base"
+    base = {
+        "without": _cached(base_dir, "game-base", key, lambda: rate(cfg.model.student, False)),
+        "with": _cached(
+            base_dir, "game-in-context", {**key, "context": context}, lambda: rate(cfg.model.student, True)
+        ),
+    }
+    ood_plan = EvalPlan(scorer=("number",), ood=_ood_suites(plan))
+    ood_key = {"model": cfg.model.student, "ood": str(ood_plan.ood), "dtype": cfg.model.dtype}
+    base_ood = _cached(base_dir, "base-ood", ood_key, lambda: evaluate_ood(cfg.model.student, cfg, ood_plan, renderer))
+    run = train(cfg, resume=True, progress=progress)
+    from opcd.checkpoint import list_checkpoints
+
+    step, path = list_checkpoints(run)[-1]
+    student_key = {**key, "checkpoint": str(path), "mtime": (path / "model").stat().st_mtime}
+    student = _cached(run / "eval", "game-student", student_key, lambda: rate(str(path / "model"), False))
+    student_ood = _cached(
+        run / "eval",
+        "student-ood",
+        {**ood_key, **student_key},
+        lambda: evaluate_ood(str(path / "model"), cfg, ood_plan, renderer),
+    )
+    results = {
+        "model": cfg.model.student,
+        "method": cfg.loss.mode,
+        "run_dir": str(run),
+        "context": context,
+        "metric": "success",
+        "test": {"prompts": f"{game} environments 0..{plan.test_n - 1}", "n": plan.test_n},
+        "checkpoint": {"step": step, "rule": "last checkpoint"},
+        "rates": {
+            "Base, without the prompt": base["without"]["rate"],
+            "In-context: base with the prompt": base["with"]["rate"],
+            "student": student["rate"],
+        },
+        "ood": {
+            n: {"base": base_ood[n]["rate"], "student": student_ood[n]["rate"], "n": student_ood[n]["n"]}
+            for n in student_ood
+        },
+        "seconds": time.time() - began,
+    }
+    write_atomic(run / "results.json", json.dumps(results, indent=1))
+    import shutil
+
+    shutil.rmtree(run / "checkpoints", ignore_errors=True)
+    return results
+
+
+def _cell(cfg_dict: dict, plan: Plan, folder: str, progress: bool) -> None:
+    """One distillation run, in its own process."""
+    from opcd.config import _build
+
+    cfg = _build(cfg_dict, "consolidation cell")
+    if cfg.experience.task == "math":
+        distill_prompt(cfg, eval_plan(cfg, plan, Path(folder)), progress=progress)
+    else:
+        distill_game(cfg, plan, Path(folder), progress=progress)
+
+
+def _run_cell(cfg: Config, plan: Plan, folder: Path, progress: bool) -> dict:
+    done = Path(cfg.train.run_dir) / "results.json"
+    if not done.is_file():
+        process = multiprocessing.get_context("spawn").Process(
+            target=_cell, args=(cfg.to_dict(), plan, str(folder), progress)
+        )
+        process.start()
+        process.join()
+        if process.exitcode != 0 or not done.is_file():
+            raise OpcdError(f"consolidation run {cfg.train.run_dir} failed (exit code {process.exitcode}); see above")
+    return json.loads(done.read_text())
+
+
+def _teacher_in_context(cfg: Config, plan: Plan, folder: Path, contexts: list[Candidate]) -> list[float] | None:
+    """Cross-size: the larger model with its own experience on the same test set."""
+    teacher = cfg.model.teacher
+    if teacher in ("frozen", "live", "ema") or teacher == cfg.model.student:
+        return None
+    rates = []
+    for c in contexts:
+        cell = run_config(cfg, c.context, "opcd", 0, folder / "unused")
+        t_cfg = dataclasses.replace(cell, model=dataclasses.replace(cell.model, student=teacher))
+        if cfg.experience.task == "math":
+            from opcd.data import load_examples
+            from opcd.distill import evaluate_model
+            from opcd.prompts import PromptRenderer
+            from opcd.tasks import build_scorer
+
+            ep = eval_plan(cfg, plan, folder)
+            data = DataConfig(**{**asdict(t_cfg.data), "prompts": ep.test_prompts, "max_prompts": ep.test_max})
+            tok = models.load_tokenizer(teacher)
+            key = {"model": teacher, "context": c.context, "n": plan.test_n, "tokens": cfg.experience.eval_tokens}
+            rates.append(
+                _cached(
+                    folder / "base",
+                    "teacher-in-context",
+                    key,
+                    lambda t_cfg=t_cfg, data=data, tok=tok, ep=ep: evaluate_model(
+                        teacher,
+                        t_cfg,
+                        ep,
+                        PromptRenderer(tok, t_cfg.data),
+                        load_examples(data),
+                        build_scorer(["number"]),
+                        with_context=True,
+                        label="teacher with its experience",
+                    )["test"]["rate"],
+                )
+            )
+        else:
+            from opcd.episodes import game_renderer, success_rate
+
+            tok = models.load_tokenizer(teacher)
+            key = {"model": teacher, "context": c.context, "n": plan.test_n, "game": cfg.experience.task}
+
+            def measure(c=c, tok=tok):
+                model = models.load_model(teacher, cfg.model.dtype, cfg.model.device)
+                renderer = game_renderer(tok, _wrapper(cfg))
+                return success_rate(
+                    model,
+                    tok,
+                    renderer,
+                    cfg.experience.task,
+                    plan.test_n,
+                    cfg.experience.eval_tokens,
+                    cfg.model.dtype,
+                    c.context,
+                )[0]
+
+            rates.append(_cached(folder / "base", "teacher-in-context", key, measure))
+    return rates
+
+
+def _mean_std(values: list[float]) -> str:
+    values = [100 * v for v in values]
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def consolidate(cfg: Config, plan: Plan, progress: bool = True) -> dict:
+    """Select, distill every (context, method, seed), and write the comparison table."""
+    began = time.time()
+    e = cfg.experience
+    folder = Path(e.dir) / "consolidate"
+    pool = load_pool(Path(e.dir), e.token_budget)
+    chosen = select(pool, plan.selection, plan.count, plan.selection_seed)
+    for method in plan.methods:
+        if method not in METHODS:
+            raise OpcdError(f"unknown method '{method}': use {' or '.join(METHODS)}")
+    cells: dict[tuple[int, str, int], dict] = {}
+    for n, candidate in enumerate(chosen):
+        for method in plan.methods:
+            for seed in plan.seeds:
+                run_dir = folder / f"{plan.selection}-{n}" / f"{method}-seed{seed}"
+                cells[n, method, seed] = _run_cell(
+                    run_config(cfg, candidate.context, method, seed, run_dir), plan, folder, progress
+                )
+    first = next(iter(cells.values()))
+    base = first["rates"]["Base, without the prompt"]
+    in_context = {
+        n: cells[n, plan.methods[0], plan.seeds[0]]["rates"]["In-context: base with the prompt"]
+        for n in range(len(chosen))
+    }
+    student_key = "student" if e.task != "math" else None
+
+    def student_rate(r: dict) -> float:
+        if student_key:
+            return r["rates"][student_key]
+        return next(v for k, v in r["rates"].items() if k.endswith("student, without the prompt"))
+
+    by_method = {
+        m: [student_rate(cells[n, m, s]) for n in range(len(chosen)) for s in plan.seeds] for m in plan.methods
+    }
+    ood = {}
+    if plan.ood:
+        ood["base"] = first["ood"]["instructions"]["base"]
+        for m in plan.methods:
+            ood[m] = [cells[n, m, s]["ood"]["instructions"]["student"] for n in range(len(chosen)) for s in plan.seeds]
+    teacher = _teacher_in_context(cfg, plan, folder, chosen)
+    results = {
+        "task": e.task,
+        "student": cfg.model.student,
+        "teacher": cfg.model.teacher,
+        "extracted_by": e.model or cfg.model.student,
+        "selection": plan.selection,
+        "contexts": [{"seed": c.seed, "step": c.step, "validation": c.validation, "tokens": c.tokens} for c in chosen],
+        "test": first["test"],
+        "seeds": list(plan.seeds),
+        "base": base,
+        "in_context": [in_context[n] for n in range(len(chosen))],
+        "teacher_in_context": teacher,
+        "students": by_method,
+        "ood": ood,
+        "seconds": time.time() - began,
+        "runs": {f"{n}/{m}/seed{s}": r["run_dir"] for (n, m, s), r in cells.items()},
+    }
+    write_atomic(folder / f"results-{plan.selection}.json", json.dumps(results, indent=1))
+    write_atomic(folder / f"results-{plan.selection}.md", table(results))
+    _plot(results, folder / f"results-{plan.selection}.png")
+    return results
+
+
+def table(r: dict) -> str:
+    metric = "accuracy" if r["task"] == "math" else "success"
+    cols = (
+        ["Base", "In-Context"]
+        + (["Teacher in-context"] if r["teacher_in_context"] else [])
+        + [LABELS[m] for m in r["students"]]
+    )
+    values = [_mean_std([r["base"]]), _mean_std(r["in_context"])]
+    if r["teacher_in_context"]:
+        values.append(_mean_std(r["teacher_in_context"]))
+    values += [_mean_std(v) for v in r["students"].values()]
+    if r["ood"]:
+        cols.append("OOD IF-Eval: Base / " + " / ".join(LABELS[m] for m in r["students"]))
+        values.append(" / ".join([f"{100 * r['ood']['base']:.1f}"] + [_mean_std(r["ood"][m]) for m in r["students"]]))
+    lines = [
+        f"Task: {r['task']} ({metric} on {r['test']['n']} {r['test']['prompts']}); student {r['student']}, "
+        f"experience extracted by {r['extracted_by']}, teacher {r['teacher']}; {r['selection']} context"
+        f"{'s' if len(r['in_context']) > 1 else ''}; training seeds {r['seeds']}.",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "---|" * len(cols),
+        "| " + " | ".join(values) + " |",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _plot(r: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = (
+        ["Base", "In-Context"]
+        + (["Teacher\nin-context"] if r["teacher_in_context"] else [])
+        + [LABELS[m] for m in r["students"]]
+    )
+    series = (
+        [[r["base"]], r["in_context"]]
+        + ([r["teacher_in_context"]] if r["teacher_in_context"] else [])
+        + list(r["students"].values())
+    )
+    means = [100 * statistics.mean(v) for v in series]
+    errs = [100 * statistics.stdev(v) if len(v) > 1 else 0 for v in series]
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    ax.bar(names, means, yerr=errs, capsize=4, color=["#999", "#4a90d9", "#7fb069", "#e07b39", "#c84c4c"][: len(names)])
+    ax.set_ylabel(("accuracy" if r["task"] == "math" else "success") + " (%)")
+    ax.set_title(f"{r['task']}: experience consolidated into {r['student']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

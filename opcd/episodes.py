@@ -1,0 +1,184 @@
+"""Multi-turn rollouts: a model plays text games, many episodes side by side, one generate call per turn.
+
+Each turn is its own sample: its prompt is the game so far (earlier boards and the actions taken) plus the current
+observation, rendered with the plain chat template (the student's view) or inside the experience wrapper (the
+teacher's view, `data.user_template` with `{context}`). The same loop serves extraction (one episode, no context),
+scoring a context (greedy, with context), evaluation of a student (greedy, no context) and training rollouts
+(sampled; the student plays for OPCD, the teacher with the experience for the off-policy baselines).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from opcd.config import DataConfig, RolloutConfig
+from opcd.errors import OpcdError
+from opcd.games import make_game, parse_action
+from opcd.prompts import PromptRenderer
+from opcd.rollout import HFSampler, Rollout, eos_ids
+
+TURN_PROMPT = (
+    "You are playing a game on a grid. Each turn you choose one action.\n\n{history}"
+    "Current observation:\n{observation}\n\n"
+    "Think briefly if you need to, then give your action in square brackets, e.g. [up]."
+)
+
+# environment seeds: the test set is 0..N-1 (the paper: 128 fixed seeds); the others never meet it
+VALIDATION_SEEDS = 50_000
+TRAINING_SEEDS = 100_000
+POOL = 10_000  # training/extraction environments to draw from
+
+
+def turn_prompt(history: list[tuple[str, str]], observation: str) -> str:
+    """The student's view of a turn: earlier boards with the action taken, then the current board."""
+    past = "".join(f"Turn {k}:\n{obs}\nYour action: {act}\n\n" for k, (obs, act) in enumerate(history, 1))
+    return TURN_PROMPT.format(history=f"The game so far:\n\n{past}" if past else "", observation=observation)
+
+
+@dataclass
+class TurnRecord:
+    prompt: str  # the student's user message
+    response: list[int]
+    text: str
+    finished: bool  # the response ended with EOS
+
+
+@dataclass
+class Episode:
+    seed: int
+    turns: list[TurnRecord] = field(default_factory=list)
+    observations: list[str] = field(default_factory=list)  # observation before each turn, then the final one
+    success: bool = False
+    reason: str = ""
+
+    def trace(self) -> str:
+        """What the model is shown when asked for lessons: every round, then the result and why."""
+        rounds = "".join(
+            f"Round {k}\nObservation:\n{obs}\nYour response: {turn.text.strip()}\n\n"
+            for k, (obs, turn) in enumerate(zip(self.observations, self.turns, strict=False), 1)
+        )
+        final = self.observations[-1] if len(self.observations) > len(self.turns) else ""
+        return (
+            f"{rounds}Final observation:\n{final}\n\nResult: {'Success' if self.success else 'Failure'}. {self.reason}"
+        )
+
+
+def play(
+    model,
+    tokenizer,
+    renderer: PromptRenderer,
+    game: str,
+    seeds: list[int],
+    rollout: RolloutConfig,
+    dtype: str,
+    sample_seed: int = 0,
+    context: str | None = None,
+) -> list[Episode]:
+    """Play one episode per environment seed, all episodes' turn k in one batch; `context`: the teacher's view."""
+    games = [make_game(game) for _ in seeds]
+    episodes = [Episode(seed) for seed in seeds]
+    observations = [g.reset(seed) for g, seed in zip(games, seeds, strict=True)]
+    history: list[list[tuple[str, str]]] = [[] for _ in seeds]
+    live = list(range(len(seeds)))
+    sampler = HFSampler(model, rollout, eos_ids(tokenizer, model), tokenizer.pad_token_id, dtype)
+    for turn in range(games[0].max_turns):
+        if not live:
+            break
+        texts = [turn_prompt(history[i], observations[i]) for i in live]
+        messages = [[{"role": "user", "content": t}] for t in texts]
+        ids = [renderer.render(m, context).teacher_ids if context else renderer.student_ids(m) for m in messages]
+        outputs = sampler.generate(ids, sample_seed * 101 + turn)
+        still = []
+        for i, text, (response, finished) in zip(live, texts, outputs, strict=True):
+            decoded = tokenizer.decode(response, skip_special_tokens=True)
+            episode = episodes[i]
+            episode.observations.append(observations[i])
+            episode.turns.append(TurnRecord(text, response, decoded, finished))
+            result = games[i].step(decoded)
+            action = parse_action(decoded)
+            history[i].append((observations[i], f"[{action}]" if action else "(no valid action)"))
+            observations[i] = result.observation
+            if result.done:
+                episode.observations.append(result.observation)
+                episode.success, episode.reason = result.reward == 1.0, result.reason
+            else:
+                still.append(i)
+        live = still
+    return episodes
+
+
+def game_renderer(tokenizer, wrapper: str) -> PromptRenderer:
+    return PromptRenderer(tokenizer, DataConfig(prompts="game", placement="user", user_template=wrapper))
+
+
+def episode_rollouts(renderer: PromptRenderer, episodes: list[Episode], context: str) -> list[Rollout]:
+    """Training samples: every turn of every episode, with the student's and the teacher's view of its prompt."""
+    out = []
+    for n, episode in enumerate(episodes):
+        for turn in episode.turns:
+            pair = renderer.render([{"role": "user", "content": turn.prompt}], context)
+            out.append(
+                Rollout(n, pair.student_ids, pair.teacher_ids, pair.teacher_prefix, turn.response, turn.finished)
+            )
+    return out
+
+
+class GameTask:
+    """Games for extraction: an attempt is one sampled episode without context; a context is scored by the success
+    rate of greedy episodes on the validation environments with the context in the wrapper."""
+
+    kind = "game"
+
+    def __init__(self, cfg, tokenizer):
+        from opcd.experience import LESSON_PROMPTS, WRAPPERS, template
+
+        e = cfg.experience
+        self.cfg, self.tokenizer, self.game = cfg, tokenizer, e.task
+        make_game(self.game)  # an unknown game fails here, before any model loads
+        wrapper = template(e.wrapper, WRAPPERS["game"], ("context", "prompt"), "experience.wrapper")
+        self.renderer = game_renderer(tokenizer, wrapper)
+        self.lesson = template(
+            e.lesson_prompt, LESSON_PROMPTS["game"], ("trace", "experience"), "experience.lesson_prompt"
+        )
+        self.validation = [VALIDATION_SEEDS + k for k in range(e.validation_max)]
+
+    def order(self, seed: int) -> list[int]:
+        return random.Random(seed).sample(range(POOL), self.cfg.experience.problems_per_seed)
+
+    def name(self, index: int) -> str:
+        return f"{self.game} environment {TRAINING_SEEDS + index}"
+
+    def attempt(self, model, index: int, seed: int) -> tuple[str, bool]:
+        from opcd.experience import sampled
+
+        rollout = sampled(self.cfg, self.cfg.experience.solve_tokens)
+        [episode] = play(
+            model,
+            self.tokenizer,
+            self.renderer,
+            self.game,
+            [TRAINING_SEEDS + index],
+            rollout,
+            self.cfg.model.dtype,
+            seed,
+        )
+        return episode.trace(), episode.success
+
+    def score(self, model, context: str | None) -> float:
+        from opcd.experience import greedy
+
+        rollout = greedy(self.cfg.experience.eval_tokens)
+        episodes = play(
+            model, self.tokenizer, self.renderer, self.game, self.validation, rollout, self.cfg.model.dtype, 0, context
+        )
+        return sum(e.success for e in episodes) / len(episodes)
+
+
+def success_rate(model, tokenizer, renderer, game: str, n: int, max_new_tokens: int, dtype: str, context=None):
+    """Greedy success on the test environments 0..n-1: (rate, episodes)."""
+    if n < 1:
+        raise OpcdError("the number of test environments must be >= 1")
+    rollout = RolloutConfig(temperature=0.0, max_new_tokens=max_new_tokens, batch_size=32)
+    episodes = play(model, tokenizer, renderer, game, list(range(n)), rollout, dtype, 0, context)
+    return sum(e.success for e in episodes) / n, episodes

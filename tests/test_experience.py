@@ -1,0 +1,269 @@
+"""Experiential knowledge: lesson parsing, accumulation under a budget, the seed files, the pool, selection, and
+extraction / game rollouts / game training on a tiny random model."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import pytest
+
+from opcd.cli import main
+from opcd.config import load_config
+from opcd.errors import OpcdError
+from opcd.experience import (
+    ITEM_MARK,
+    Record,
+    accumulate,
+    extract,
+    load_pool,
+    parse_items,
+    read_records,
+    render,
+    seed_file,
+    select,
+    write_records,
+)
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+def test_lessons_are_the_item_lines_after_the_reasoning():
+    answer = (
+        f"<think>\n{ITEM_MARK} a thought, not a lesson\n</think>\nHere are my lessons:\n"
+        f"{ITEM_MARK} Check units before adding.\nsome chatter\n  {ITEM_MARK}   Reread the question.  \n{ITEM_MARK}\n"
+    )
+    assert parse_items(answer) == ["Check units before adding.", "Reread the question."]
+    assert parse_items("no lessons here") == []
+
+
+def test_items_accumulate_in_order_and_the_oldest_whole_items_leave_over_budget():
+    items, dropped = accumulate([], ["one two", "three four"], budget=100, count_tokens=words)
+    assert items == ["one two", "three four"] and dropped == []
+    items, dropped = accumulate(items, ["three four", "five six"], budget=100, count_tokens=words)
+    assert items == ["one two", "three four", "five six"]  # a repeated item is not added twice
+    budget = words(render(["three four", "five six", "seven eight"]))
+    items, dropped = accumulate(items, ["seven eight"], budget=budget, count_tokens=words)
+    assert items == ["three four", "five six", "seven eight"] and dropped == ["one two"]
+    items, dropped = accumulate(["a"], ["x " * 50], budget=10, count_tokens=words)
+    assert items == [] and len(dropped) == 2  # an item alone over the budget cannot be kept
+
+
+def _record(seed, step, items, validation=0.5, tokens=None):
+    return Record(
+        seed, step, f"problem {step}", "trace", None, items[-1:], items, [], tokens or 3 * len(items), validation, 4
+    )
+
+
+def _write_seed(folder, seed, item_lists, **kw):
+    write_records(seed_file(folder, seed), [_record(seed, k, items, **kw) for k, items in enumerate(item_lists, 1)])
+
+
+def test_seed_files_round_trip_and_bad_lines_are_named(tmp_path):
+    path = seed_file(tmp_path, 0)
+    records = [_record(0, 1, ["a"]), _record(0, 2, ["a", "b"])]
+    write_records(path, records)
+    assert read_records(path) == records
+    assert not list(tmp_path.glob(".*.tmp"))  # written through a temporary file, renamed into place
+
+    good = path.read_text().splitlines()
+    path.write_text(good[0] + "\n" + good[1][: len(good[1]) // 2] + "\n")  # a truncated last line
+    with pytest.raises(OpcdError, match=r"seed-0.jsonl:2: not valid JSON .*delete this line"):
+        read_records(path)
+    path.write_text(good[1] + "\n")  # step 2 where step 1 belongs
+    with pytest.raises(OpcdError, match="step 2 where step 1 was expected"):
+        read_records(path)
+    path.write_text(json.dumps({"seed": 0, "step": 1}) + "\n")
+    with pytest.raises(OpcdError, match="not an experience record"):
+        read_records(path)
+
+
+def test_the_pool_holds_every_context_with_items_and_refuses_what_it_cannot_use(tmp_path):
+    with pytest.raises(OpcdError, match="no experience files"):
+        load_pool(tmp_path, 512)
+    _write_seed(tmp_path, 0, [[], []])
+    with pytest.raises(OpcdError, match="the experience pool is empty"):
+        load_pool(tmp_path, 512)
+    _write_seed(tmp_path, 0, [[], ["a"], ["a", "b"]])
+    _write_seed(tmp_path, 1, [["c"]])
+    pool = load_pool(tmp_path, 512)
+    assert [(c.seed, c.step) for c in pool] == [(0, 2), (0, 3), (1, 1)]
+    with pytest.raises(OpcdError, match=r"seed-0.jsonl:3: the context has 6 tokens, over experience.token_budget=5"):
+        load_pool(tmp_path, 5)
+
+
+def test_selection_takes_the_best_on_validation_or_random_ones(tmp_path):
+    write_records(
+        seed_file(tmp_path, 0),
+        [_record(0, 1, ["a"], 0.25), _record(0, 2, ["a", "b"], 0.75), _record(0, 3, ["a", "b", "c"], 0.75)],
+    )
+    pool = load_pool(tmp_path, 512)
+    [best] = select(pool, "best")
+    assert (best.step, best.validation) == (2, 0.75)  # ties: the shorter context
+    picks = select(pool, "random", count=2, seed=1)
+    assert len({p.step for p in picks}) == 2 and picks == select(pool, "random", count=2, seed=1)
+    with pytest.raises(OpcdError, match="asked for 4 random contexts but the pool holds 3"):
+        select(pool, "random", count=4)
+    unscored = [_record(0, 1, ["a"], None)]
+    write_records(seed_file(tmp_path, 0), unscored)
+    with pytest.raises(OpcdError, match="no candidate context has a validation score"):
+        select(load_pool(tmp_path, 512), "best")
+
+
+@pytest.fixture
+def math_files(tmp_path):
+    problems = tmp_path / "problems.jsonl"
+    rows = [{"prompt": f"What is {a} plus {a + 1}?", "answer": str(2 * a + 1)} for a in range(1, 7)]
+    problems.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return problems
+
+
+def _extract_config(tiny_model, problems, folder, **extra):
+    values = {
+        "model.student": str(tiny_model),
+        "model.dtype": "fp32",
+        "experience.dir": str(folder),
+        "experience.problems": str(problems),
+        "experience.validation": str(problems),
+        "experience.validation_max": 2,
+        "experience.problems_per_seed": 3,
+        "experience.seeds": 2,
+        "experience.solve_tokens": 4,
+        "experience.lesson_tokens": 4,
+        "experience.eval_tokens": 4,
+        **extra,
+    }
+    return load_config(None, [f"{k}={v}" for k, v in values.items()])
+
+
+def test_extraction_resumes_where_it_stopped_without_losing_or_repeating(tiny_model, math_files, tmp_path, monkeypatch):
+    whole = tmp_path / "whole"
+    extract(_extract_config(tiny_model, math_files, whole), progress=False)
+    expected = {s: read_records(seed_file(whole, s)) for s in (0, 1)}
+    assert [len(r) for r in expected.values()] == [3, 3]
+    assert all(r.trace.startswith("Input: What is") and r.validation is not None for r in expected[0])
+    assert (whole / "stairs.png").stat().st_size > 0
+
+    # the same extraction, interrupted in the middle of seed 0's second problem, then rerun
+    from opcd.experience import MathTask
+
+    real, calls = MathTask.attempt, []
+
+    def interrupted(self, model, index, seed):
+        calls.append(index)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, model, index, seed)
+
+    parts = tmp_path / "parts"
+    monkeypatch.setattr(MathTask, "attempt", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        extract(_extract_config(tiny_model, math_files, parts), progress=False)
+    assert len(read_records(seed_file(parts, 0))) == 1  # the finished problem is on disk, whole
+    monkeypatch.setattr(MathTask, "attempt", real)
+    extract(_extract_config(tiny_model, math_files, parts), progress=False)
+    for s in (0, 1):
+        assert [asdict(r) for r in read_records(seed_file(parts, s))] == [asdict(r) for r in expected[s]]
+
+    other = tmp_path / "other.jsonl"  # other problems into the same folder would mix two extractions
+    other.write_text(math_files.read_text().replace("plus", "and"))
+    with pytest.raises(OpcdError, match="solved another problem than the current settings"):
+        extract(_extract_config(tiny_model, other, parts, **{"experience.problems_per_seed": 4}), progress=False)
+
+
+def test_unknown_game_and_bad_template_fail_before_loading_a_model(tiny_model, math_files, tmp_path, capsys):
+    cfg = _extract_config(tiny_model, math_files, tmp_path / "x", **{"experience.wrapper": str(math_files)})
+    with pytest.raises(OpcdError, match=r"experience.wrapper: template .* lacks \{context\}, \{prompt\}"):
+        extract(cfg, progress=False)
+    config = tmp_path / "c.toml"
+    config.write_text(f'[model]\nstudent = "{tiny_model}"\n[experience]\ntask = "chess"\n')
+    assert main(["experience", "extract", str(config)]) == 2
+    assert capsys.readouterr().err.startswith("opcd: error: ") and not (tmp_path / "runs").exists()
+
+
+def test_games_are_played_turn_by_turn_and_their_turns_are_training_samples(tiny_model, smol_tokenizer):
+    from opcd import models
+    from opcd.config import RolloutConfig
+    from opcd.episodes import episode_rollouts, game_renderer, play, turn_prompt
+    from opcd.experience import WRAPPERS
+
+    model = models.load_model(str(tiny_model), "fp32")
+    renderer = game_renderer(smol_tokenizer, WRAPPERS["game"])
+    rollout = RolloutConfig(temperature=1.0, max_new_tokens=5)
+    episodes = play(model, smol_tokenizer, renderer, "frozenlake", [0, 1, 2], rollout, "fp32", sample_seed=3)
+    assert [e.seed for e in episodes] == [0, 1, 2]
+    for e in episodes:
+        assert 1 <= len(e.turns) <= 5 and e.reason  # every episode ended, and says why
+        assert e.turns[0].prompt == turn_prompt([], e.observations[0])
+        assert len(e.observations) == len(e.turns) + 1
+        assert e.trace().endswith(f"Result: {'Success' if e.success else 'Failure'}. {e.reason}")
+    again = play(model, smol_tokenizer, renderer, "frozenlake", [0, 1, 2], rollout, "fp32", sample_seed=3)
+    assert [[t.response for t in e.turns] for e in again] == [[t.response for t in e.turns] for e in episodes]
+    samples = episode_rollouts(renderer, episodes, "- EXPERIENCE ITEM: avoid H.")
+    assert len(samples) == sum(len(e.turns) for e in episodes)
+    turn_index = [k for e in episodes for k in range(len(e.turns))]
+    later = [s for s, k in zip(samples, turn_index, strict=True) if k > 0]
+    for s in later:  # a later turn's prompt carries the game so far
+        assert "The game so far" in smol_tokenizer.decode(s.student_prompt)
+    assert all("avoid H." in smol_tokenizer.decode(s.teacher_prompt) for s in samples)
+    assert all("avoid H." not in smol_tokenizer.decode(s.student_prompt) for s in samples)
+
+
+def test_a_game_trains_on_the_turns_of_episodes(tiny_model, tmp_path):
+    from opcd.metrics import read_metrics
+    from opcd.train import train
+
+    for mode in ("opcd", "offpolicy"):
+        cfg = load_config(
+            None,
+            [
+                f"model.student={tiny_model}",
+                "model.dtype=fp32",
+                "data.prompts=game:frozenlake",
+                "data.context=- EXPERIENCE ITEM: H is a hole; walk around it.",
+                "data.placement=user",
+                f"loss.mode={mode}",
+                "rollout.max_new_tokens=5",
+                "train.prompts_per_step=2",
+                "train.steps=1",
+                "train.tensorboard=false",
+                f"train.run_dir={tmp_path / mode}",
+            ],
+        )
+        rows = read_metrics(train(cfg, progress=False) / "metrics.jsonl")
+        assert 1 <= rows[0]["rollout/turns"] <= 5 and 0 <= rows[0]["rollout/success"] <= 1
+        assert rows[0]["loss/value"] > 0
+
+
+@pytest.mark.parametrize("task", ["math", "frozenlake"])
+def test_consolidation_runs_every_method_and_writes_the_table(task, tiny_model, math_files, tmp_path):
+    from opcd.consolidate import Plan, consolidate
+
+    folder = tmp_path / "exp"
+    _write_seed(folder, 0, [["Add the ones first."], ["Add the ones first.", "H is a hole."]], validation=0.5)
+    cfg = _extract_config(
+        tiny_model,
+        math_files,
+        folder,
+        **{
+            "experience.task": task,
+            "rollout.max_new_tokens": 4,
+            "train.steps": 1,
+            "train.prompts_per_step": 2,
+            "train.tensorboard": "false",
+            "train.save_every": 0,
+        },
+    )
+    plan = Plan(selection="random", count=2, seeds=(0,), test_n=2, ood=False)
+    results = consolidate(cfg, plan, progress=False)
+    assert set(results["students"]) == {"offpolicy", "opcd"}
+    assert len(results["in_context"]) == 2 and all(len(v) == 2 for v in results["students"].values())
+    table = (folder / "consolidate" / "results-random.md").read_text()
+    assert "| Base | In-Context | Off-policy CD | OPCD |" in table
+    assert (folder / "consolidate" / "results-random.png").stat().st_size > 0
+    runs = sorted((folder / "consolidate").glob("random-*/*-seed0/results.json"))
+    assert len(runs) == 4 and not list((folder / "consolidate").glob("random-*/*/checkpoints"))
+    again = consolidate(cfg, plan, progress=False)  # finished runs are read back, not redone
+    assert again["students"] == results["students"]
