@@ -100,6 +100,7 @@ class ExperienceConfig:
     token_budget: int = 512  # experience tokens kept; beyond it the oldest whole items are dropped
     solve_tokens: int = 320  # answer budget of an extraction attempt (games: per turn)
     lesson_tokens: int = 160  # budget of the lesson-writing answer
+    items_per_problem: int = 2  # keep the first N items of each lesson answer (the prompt asks for 1-2; 0 = all)
     eval_tokens: int = 320  # answer budget when scoring contexts (games: per turn)
     wrapper: str = ""  # file with the in-context template ({context}, {prompt}); "" = built-in for the task
     lesson_prompt: str = ""  # file with the lesson request ({trace}, {experience}); "" = built-in for the task

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -59,16 +60,31 @@ LESSON_PROMPTS = {
 }
 
 
+_ITEM = re.compile(r"experience item\W*?:[\s*]*(.*)", re.IGNORECASE)
+
+
 def parse_items(text: str) -> list[str]:
-    """The lessons in a model's answer: reasoning before `</think>` dropped, only `- EXPERIENCE ITEM:` lines kept."""
+    """The lessons in a model's answer: reasoning before `</think>` dropped, only `- EXPERIENCE ITEM:` lines kept.
+
+    Small models bend the format ("EXPERIENCE ITEM: ...", "1. - Experience item: ...", "**Experience Item:**"), so
+    the marker is matched in any case after any list marker; everything else in the answer is ignored."""
     text = text.split("</think>")[-1]
     items = []
     for line in text.splitlines():
-        if ITEM_MARK in line:
-            item = line.split(ITEM_MARK, 1)[1].strip()
+        found = _ITEM.search(line)
+        if found:
+            item = found.group(1).strip().strip("*").strip()
             if item:
                 items.append(item)
     return items
+
+
+def lesson_items(answer: str, finished: bool, limit: int) -> list[str]:
+    """The items of one lesson answer: a last item cut off by the token budget is not a lesson; at most `limit`."""
+    items = parse_items(answer)
+    if items and not finished and answer.rstrip().endswith(items[-1]):
+        items.pop()
+    return items[:limit] if limit else items
 
 
 def render(items: list[str]) -> str:
@@ -98,6 +114,7 @@ class Record:
     step: int
     problem: str  # what was solved (math: the problem; games: the environment seed)
     trace: str  # what the model was shown when asked for lessons
+    lesson: str  # the model's whole answer to the lesson request (the items are parsed from it)
     success: bool | None  # games: the episode's result; math: None (no labels are used)
     new_items: list[str]
     items: list[str]  # the accumulated experience after this step
@@ -191,8 +208,9 @@ def load_pool(folder: Path, budget: int) -> list[Candidate]:
                 pool.append(Candidate(r.seed, r.step, tuple(r.items), r.validation, r.tokens))
     if not pool:
         raise OpcdError(
-            f"{folder}: the experience pool is empty: no problem produced a '{ITEM_MARK}' line. Read the 'trace' and "
-            "'new_items' fields of the seed files; a larger experience.lesson_tokens or another lesson prompt may help"
+            f"{folder}: the experience pool is empty: no problem produced a '{ITEM_MARK}' line. Read the 'lesson' "
+            "fields of the seed files (the model's answers); a larger experience.lesson_tokens or another lesson "
+            "prompt may help"
         )
     return pool
 
@@ -361,8 +379,10 @@ def extract(cfg, progress: bool = True) -> Path:
             ask = task.lesson.format(trace=trace, experience=render(items) or "(none yet)")
             ids = task.renderer.student_ids([{"role": "user", "content": ask}])
             lesson_seed = seed * 1_000_003 + step + 500_000
-            [answer], _ = respond(model, tokenizer, [ids], sampled(cfg, e.lesson_tokens), cfg.model.dtype, lesson_seed)
-            new = parse_items(answer)
+            [answer], [finished] = respond(
+                model, tokenizer, [ids], sampled(cfg, e.lesson_tokens), cfg.model.dtype, lesson_seed
+            )
+            new = lesson_items(answer, finished, e.items_per_problem)
             kept, dropped = accumulate(items, new, e.token_budget, count)
             if not e.validation_max:
                 accuracy = None
@@ -376,6 +396,7 @@ def extract(cfg, progress: bool = True) -> Path:
                     step,
                     task.name(order[step - 1]),
                     trace,
+                    answer,
                     success,
                     new,
                     kept,

@@ -37,6 +37,17 @@ def test_lessons_are_the_item_lines_after_the_reasoning():
     )
     assert parse_items(answer) == ["Check units before adding.", "Reread the question."]
     assert parse_items("no lessons here") == []
+    bent = "EXPERIENCE ITEM: Plain.\n1. - Experience item: Numbered.\n**Experience Item:** Bold.\n- experience item one"
+    assert parse_items(bent) == ["Plain.", "Numbered.", "Bold."]
+
+
+def test_a_lesson_cut_by_the_budget_loses_its_unfinished_item_and_keeps_at_most_the_limit():
+    from opcd.experience import lesson_items
+
+    answer = f"{ITEM_MARK} One.\n{ITEM_MARK} Two.\n{ITEM_MARK} Three is cut mid"
+    assert lesson_items(answer, finished=False, limit=0) == ["One.", "Two."]
+    assert lesson_items(answer, finished=True, limit=0) == ["One.", "Two.", "Three is cut mid"]
+    assert lesson_items(answer, finished=True, limit=2) == ["One.", "Two."]
 
 
 def test_items_accumulate_in_order_and_the_oldest_whole_items_leave_over_budget():
@@ -53,7 +64,18 @@ def test_items_accumulate_in_order_and_the_oldest_whole_items_leave_over_budget(
 
 def _record(seed, step, items, validation=0.5, tokens=None):
     return Record(
-        seed, step, f"problem {step}", "trace", None, items[-1:], items, [], tokens or 3 * len(items), validation, 4
+        seed,
+        step,
+        f"problem {step}",
+        "trace",
+        "lesson",
+        None,
+        items[-1:],
+        items,
+        [],
+        tokens or 3 * len(items),
+        validation,
+        4,
     )
 
 
