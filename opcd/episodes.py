@@ -9,7 +9,6 @@ scoring a context (greedy, with context), evaluation of a student (greedy, no co
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 
 from opcd.config import DataConfig, RolloutConfig
@@ -144,7 +143,9 @@ class GameTask:
         self.validation = [VALIDATION_SEEDS + k for k in range(e.validation_max)]
 
     def order(self, seed: int) -> list[int]:
-        return random.Random(seed).sample(range(POOL), self.cfg.experience.problems_per_seed)
+        from opcd.experience import seeded_order
+
+        return seeded_order(POOL, self.cfg.experience.problems_per_seed, seed)
 
     def name(self, index: int) -> str:
         return f"{self.game} environment {TRAINING_SEEDS + index}"

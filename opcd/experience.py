@@ -60,14 +60,15 @@ LESSON_PROMPTS = {
 }
 
 
-_ITEM = re.compile(r"experience item\W*?:[\s*]*(.*)", re.IGNORECASE)
+_ITEM = re.compile(r"^[\s>*#\-\d.)]*experience item\W*?:[\s*]*(.*)", re.IGNORECASE)
 
 
 def parse_items(text: str) -> list[str]:
     """The lessons in a model's answer: reasoning before `</think>` dropped, only `- EXPERIENCE ITEM:` lines kept.
 
     Small models bend the format ("EXPERIENCE ITEM: ...", "1. - Experience item: ...", "**Experience Item:**"), so
-    the marker is matched in any case after any list marker; everything else in the answer is ignored."""
+    the marker is matched in any case at the start of a line, after any list or bold marker; everything else in
+    the answer is ignored (an instruction echoed mid-line is not a lesson)."""
     text = text.split("</think>")[-1]
     items = []
     for line in text.splitlines():
@@ -95,12 +96,14 @@ def render(items: list[str]) -> str:
 def accumulate(items: list[str], new: list[str], budget: int, count_tokens) -> tuple[list[str], list[str]]:
     """Append the new items not already present; drop the oldest whole items while over `budget` tokens.
 
-    Returns (kept items, dropped items). An item that alone exceeds the budget cannot be kept and is dropped."""
-    merged = list(items)
+    Returns (kept items, dropped items). A new item that alone exceeds the budget is dropped on its own, so it
+    does not push out the whole context first."""
+    merged, dropped = list(items), []
     for item in new:
-        if item not in merged:
+        if count_tokens(render([item])) > budget:
+            dropped.append(item)
+        elif item not in merged:
             merged.append(item)
-    dropped = []
     while merged and count_tokens(render(merged)) > budget:
         dropped.append(merged.pop(0))
     return merged, dropped
@@ -138,7 +141,7 @@ def seed_file(folder: Path, seed: int) -> Path:
 def read_records(path: Path) -> list[Record]:
     """A seed file, checked line by line; a corrupt or truncated line fails with its location and what to do."""
     records = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         where = f"{path}:{n}"
@@ -155,8 +158,14 @@ def read_records(path: Path) -> list[Record]:
                 f"{where}: not an experience record (missing {', '.join(missing) or 'nothing'}; "
                 f"unexpected {', '.join(sorted(set(row) - RECORD_FIELDS)) if isinstance(row, dict) else ''})"
             )
-        if not isinstance(row["items"], list) or not all(isinstance(i, str) for i in row["items"]):
-            raise OpcdError(f"{where}: 'items' must be a list of strings")
+        lists = ("items", "new_items", "dropped")
+        if not all(isinstance(row[k], list) and all(isinstance(i, str) for i in row[k]) for k in lists):
+            raise OpcdError(f"{where}: 'items', 'new_items' and 'dropped' must be lists of strings")
+        numbers = ("seed", "step", "tokens", "validation_n")
+        if not all(type(row[k]) is int for k in numbers) or not isinstance(row["validation"], (int, float, type(None))):
+            raise OpcdError(
+                f"{where}: 'seed', 'step', 'tokens', 'validation_n' must be integers, 'validation' a number"
+            )
         if row["step"] != len(records) + 1:
             raise OpcdError(
                 f"{where}: step {row['step']} where step {len(records) + 1} was expected (lines out of "
@@ -170,7 +179,7 @@ def write_records(path: Path, records: list[Record]) -> None:
     """Rewrite a seed file atomically: a crash leaves the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(asdict(r), ensure_ascii=False) + "\n" for r in records))
+    tmp.write_text("".join(json.dumps(asdict(r), ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -236,7 +245,7 @@ def template(path: str, default: str, fields: tuple[str, ...], key: str) -> str:
     file = Path(path)
     if not file.is_file():
         raise OpcdError(f"{key}: template file '{path}' not found")
-    text = file.read_text()
+    text = file.read_text(encoding="utf-8")
     missing = [f for f in fields if "{" + f + "}" not in text]
     if missing:
         raise OpcdError(f"{key}: template '{path}' lacks {', '.join('{' + f + '}' for f in missing)}")
@@ -250,7 +259,7 @@ class MathTask:
 
     def __init__(self, cfg, tokenizer):
         from opcd.config import DataConfig
-        from opcd.data import load_examples
+        from opcd.data import check_disjoint, load_examples
         from opcd.prompts import PromptRenderer
 
         e = cfg.experience
@@ -263,6 +272,7 @@ class MathTask:
             missing = [x.source for x in self.validation if x.answer is None]
             if missing:
                 raise OpcdError(f"{missing[0]}: validation problems need an 'answer' to score contexts")
+            check_disjoint(self.problems, self.validation, e.problems, e.validation, "validation")
         if e.problems_per_seed > len(self.problems):
             raise OpcdError(
                 f"experience.problems_per_seed={e.problems_per_seed} but '{e.problems}' holds {len(self.problems)}"
@@ -277,7 +287,7 @@ class MathTask:
 
     def order(self, seed: int) -> list[int]:
         """The problems seed `seed` solves, in order."""
-        return random.Random(seed).sample(range(len(self.problems)), self.cfg.experience.problems_per_seed)
+        return seeded_order(len(self.problems), self.cfg.experience.problems_per_seed, seed)
 
     def name(self, index: int) -> str:
         return self.problems[index].messages[-1]["content"]
@@ -307,6 +317,13 @@ class MathTask:
         return sum(number(t, x.answer) for t, x in zip(texts, self.validation, strict=True)) / len(self.validation)
 
 
+def seeded_order(n: int, k: int, seed: int) -> list[int]:
+    """The first k of a seeded shuffle of range(n): asking for more problems later extends the same order."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return order[:k]
+
+
 def sampled(cfg, max_new_tokens: int):
     """Extraction samples with the paper's evaluation settings (T 1.0, top-p 0.95, top-k 20), not the training ones."""
     import dataclasses
@@ -332,8 +349,13 @@ def make_task(cfg, tokenizer):
 
 def _check_matches(path: Path, records: list[Record], task, order: list[int]) -> None:
     """A seed file must come from the same problems in the same order, or resuming would mix two extractions."""
+    if len(records) > len(order):
+        raise OpcdError(
+            f"{path} holds {len(records)} problems, more than experience.problems_per_seed={len(order)}: raise it, "
+            "or use another experience.dir"
+        )
     for r in records:
-        if r.step > len(order) or r.problem != task.name(order[r.step - 1]):
+        if r.problem != task.name(order[r.step - 1]):
             raise OpcdError(
                 f"{path}:{r.step}: this line solved another problem than the current settings would "
                 "(experience.problems, task or seed changed): use another experience.dir, or delete the file"
@@ -356,6 +378,7 @@ def extract(cfg, progress: bool = True) -> Path:
     def count(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False).input_ids)
 
+    check_settings(folder, cfg, task)
     plan = {seed: task.order(seed) for seed in range(e.seeds)}
     existing = {}
     for seed, order in plan.items():
@@ -364,7 +387,7 @@ def extract(cfg, progress: bool = True) -> Path:
         _check_matches(path, existing[seed], task, order)
     todo = sum(e.problems_per_seed - min(len(r), e.problems_per_seed) for r in existing.values())
     folder.mkdir(parents=True, exist_ok=True)
-    if todo == 0 and (folder / NO_CONTEXT).exists():
+    if todo == 0 and (not e.validation_max or (folder / NO_CONTEXT).exists()):
         plot_stairs(folder)
         return folder
     model = models.load_model(name, cfg.model.dtype, cfg.model.device).eval()
@@ -415,6 +438,43 @@ def extract(cfg, progress: bool = True) -> Path:
 
 
 NO_CONTEXT = "no-context.json"
+SETTINGS = "settings.json"
+
+
+def check_settings(folder: Path, cfg, task) -> None:
+    """Everything that shapes the contexts is recorded with the first problem; a resume under other settings would
+    mix two extractions in one file, so it is refused (more seeds or problems per seed are fine)."""
+    from opcd.data import file_digest
+
+    e = cfg.experience
+    now = {
+        "task": e.task,
+        "model": e.model or cfg.model.student,
+        "dtype": cfg.model.dtype,
+        "problems": file_digest(e.problems) if e.task == "math" else "",
+        "validation": file_digest(e.validation) if e.task == "math" and e.validation_max else "",
+        "validation_max": e.validation_max,
+        "token_budget": e.token_budget,
+        "solve_tokens": e.solve_tokens,
+        "lesson_tokens": e.lesson_tokens,
+        "eval_tokens": e.eval_tokens,
+        "items_per_problem": e.items_per_problem,
+        "wrapper": task.renderer.data.user_template,
+        "lesson_prompt": task.lesson,
+    }
+    path = folder / SETTINGS
+    if path.exists():
+        saved = read_json(path)
+        changed = sorted(k for k in now if saved.get(k) != now[k])
+        if changed:
+            raise OpcdError(
+                f"{folder} was extracted with other settings ({', '.join(changed)}): use another experience.dir, "
+                "or set them back to continue it"
+            )
+    elif any(folder.glob("seed-*.jsonl")):
+        raise OpcdError(f"{folder} holds seed files but no {SETTINGS}: use another experience.dir")
+    else:
+        write_json(path, now)
 
 
 def accumulated(records: list[Record]) -> int:
@@ -428,7 +488,7 @@ def write_json(path: Path, value) -> None:
 
 def read_json(path: Path):
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise OpcdError(f"{path}: cannot read ({e}); delete it to recompute") from None
 
@@ -460,8 +520,10 @@ def plot_stairs(folder: Path) -> Path | None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     out = folder / "stairs.png"
-    fig.savefig(out, dpi=120)
+    tmp = folder / ".stairs.tmp.png"
+    fig.savefig(tmp, dpi=120)
     plt.close(fig)
+    os.replace(tmp, out)
     return out
 
 
@@ -495,5 +557,5 @@ def write_per_prompt(cfg, pool: list[Candidate], seed: int) -> Path:
 def write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)

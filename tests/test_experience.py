@@ -39,6 +39,8 @@ def test_lessons_are_the_item_lines_after_the_reasoning():
     assert parse_items("no lessons here") == []
     bent = "EXPERIENCE ITEM: Plain.\n1. - Experience item: Numbered.\n**Experience Item:** Bold.\n- experience item one"
     assert parse_items(bent) == ["Plain.", "Numbered.", "Bold."]
+    echoed = "Sure, each line starting with '- EXPERIENCE ITEM:' and nothing else."
+    assert parse_items(echoed) == []  # an echoed instruction is not a lesson
 
 
 def test_a_lesson_cut_by_the_budget_loses_its_unfinished_item_and_keeps_at_most_the_limit():
@@ -58,8 +60,8 @@ def test_items_accumulate_in_order_and_the_oldest_whole_items_leave_over_budget(
     budget = words(render(["three four", "five six", "seven eight"]))
     items, dropped = accumulate(items, ["seven eight"], budget=budget, count_tokens=words)
     assert items == ["three four", "five six", "seven eight"] and dropped == ["one two"]
-    items, dropped = accumulate(["a"], ["x " * 50], budget=10, count_tokens=words)
-    assert items == [] and len(dropped) == 2  # an item alone over the budget cannot be kept
+    items, dropped = accumulate(["a", "b"], ["x " * 50], budget=10, count_tokens=words)
+    assert items == ["a", "b"] and dropped == ["x " * 50]  # an item alone over the budget leaves alone
 
 
 def _record(seed, step, items, validation=0.5, tokens=None):
@@ -136,9 +138,10 @@ def test_selection_takes_the_best_on_validation_or_random_ones(tmp_path):
 
 @pytest.fixture
 def math_files(tmp_path):
-    problems = tmp_path / "problems.jsonl"
-    rows = [{"prompt": f"What is {a} plus {a + 1}?", "answer": str(2 * a + 1)} for a in range(1, 7)]
-    problems.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    problems, validation = tmp_path / "problems.jsonl", tmp_path / "validation.jsonl"
+    rows = [{"prompt": f"What is {a} plus {a + 1}?", "answer": str(2 * a + 1)} for a in range(1, 9)]
+    problems.write_text("".join(json.dumps(r) + "\n" for r in rows[:6]))
+    validation.write_text("".join(json.dumps(r) + "\n" for r in rows[6:]))
     return problems
 
 
@@ -148,7 +151,7 @@ def _extract_config(tiny_model, problems, folder, **extra):
         "model.dtype": "fp32",
         "experience.dir": str(folder),
         "experience.problems": str(problems),
-        "experience.validation": str(problems),
+        "experience.validation": str(problems.with_name("validation.jsonl")),
         "experience.validation_max": 2,
         "experience.problems_per_seed": 3,
         "experience.seeds": 2,
@@ -161,17 +164,22 @@ def _extract_config(tiny_model, problems, folder, **extra):
 
 
 def test_extraction_resumes_where_it_stopped_without_losing_or_repeating(tiny_model, math_files, tmp_path, monkeypatch):
+    import opcd.experience as experience
+
+    # the tiny random model cannot write lessons: one item per answer, named after the (seeded) answer it came from
+    monkeypatch.setattr(experience, "lesson_items", lambda answer, finished, limit: [f"lesson on {answer!r}"])
     whole = tmp_path / "whole"
     extract(_extract_config(tiny_model, math_files, whole), progress=False)
     expected = {s: read_records(seed_file(whole, s)) for s in (0, 1)}
     assert [len(r) for r in expected.values()] == [3, 3]
-    assert all(r.trace.startswith("Input: What is") and r.validation is not None for r in expected[0])
+    for r in expected[0]:
+        assert r.trace.startswith("Input: What is") and r.validation is not None and r.validation_n == 2
+        assert r.items[-len(r.new_items) :] == r.new_items and r.tokens > 0  # scored with a growing context
+    assert len(expected[0][2].items) > len(expected[0][0].items)
     assert (whole / "stairs.png").stat().st_size > 0
 
     # the same extraction, interrupted in the middle of seed 0's second problem, then rerun
-    from opcd.experience import MathTask
-
-    real, calls = MathTask.attempt, []
+    real, calls = experience.MathTask.attempt, []
 
     def interrupted(self, model, index, seed):
         calls.append(index)
@@ -180,19 +188,39 @@ def test_extraction_resumes_where_it_stopped_without_losing_or_repeating(tiny_mo
         return real(self, model, index, seed)
 
     parts = tmp_path / "parts"
-    monkeypatch.setattr(MathTask, "attempt", interrupted)
+    monkeypatch.setattr(experience.MathTask, "attempt", interrupted)
     with pytest.raises(KeyboardInterrupt):
         extract(_extract_config(tiny_model, math_files, parts), progress=False)
     assert len(read_records(seed_file(parts, 0))) == 1  # the finished problem is on disk, whole
-    monkeypatch.setattr(MathTask, "attempt", real)
+    monkeypatch.setattr(experience.MathTask, "attempt", real)
     extract(_extract_config(tiny_model, math_files, parts), progress=False)
     for s in (0, 1):
         assert [asdict(r) for r in read_records(seed_file(parts, s))] == [asdict(r) for r in expected[s]]
 
+    # more problems per seed continue the same sequences
+    extract(_extract_config(tiny_model, math_files, parts, **{"experience.problems_per_seed": 4}), progress=False)
+    longer = read_records(seed_file(parts, 0))
+    assert len(longer) == 4 and [asdict(r) for r in longer[:3]] == [asdict(r) for r in expected[0]]
+
+    with pytest.raises(OpcdError, match=r"extracted with other settings \(token_budget\)"):
+        extract(_extract_config(tiny_model, math_files, parts, **{"experience.token_budget": 99}), progress=False)
     other = tmp_path / "other.jsonl"  # other problems into the same folder would mix two extractions
     other.write_text(math_files.read_text().replace("plus", "and"))
-    with pytest.raises(OpcdError, match="solved another problem than the current settings"):
-        extract(_extract_config(tiny_model, other, parts, **{"experience.problems_per_seed": 4}), progress=False)
+    with pytest.raises(OpcdError, match=r"extracted with other settings \(problems\)"):
+        extract(
+            _extract_config(
+                tiny_model, other, parts, **{"experience.validation": str(math_files.with_name("validation.jsonl"))}
+            ),
+            progress=False,
+        )
+    with pytest.raises(OpcdError, match="holds 4 problems, more than experience.problems_per_seed=2"):
+        extract(_extract_config(tiny_model, math_files, parts, **{"experience.problems_per_seed": 2}), progress=False)
+
+
+def test_extraction_refuses_validation_problems_it_also_learns_from(tiny_model, math_files, tmp_path):
+    cfg = _extract_config(tiny_model, math_files, tmp_path / "x", **{"experience.validation": str(math_files)})
+    with pytest.raises(OpcdError, match="validation"):
+        extract(cfg, progress=False)
 
 
 def test_unknown_game_and_bad_template_fail_before_loading_a_model(tiny_model, math_files, tmp_path, capsys):
