@@ -54,6 +54,7 @@ def _experience_select(args) -> None:
     if args.per_prompt:
         out = write_per_prompt(cfg, pool, args.seed)
         print(f"opcd: {out}: every training problem with its own random context from the pool of {len(pool)}")
+        print(f"opcd: train on it with `opcd train {out.with_suffix('.toml')}`")
         return
     chosen = select(pool, args.how, args.count, args.seed)
     out = write_selection(folder, args.how, chosen)

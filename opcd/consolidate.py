@@ -88,11 +88,13 @@ def eval_plan(cfg: Config, plan: Plan, folder: Path) -> EvalPlan:
 
 def distill_game(cfg: Config, plan: Plan, folder: Path, progress: bool = True) -> dict:
     """Base / In-Context / student success on the test environments, plus instruction following."""
+    from opcd.config import validate
     from opcd.data import shared_context
     from opcd.episodes import game_renderer, success_rate
     from opcd.train import check_resumable, train
 
     began = time.time()
+    validate(cfg)
     run = Path(cfg.train.run_dir)
     check_resumable(run, cfg)
     game, e = cfg.experience.task, cfg.experience
@@ -105,6 +107,7 @@ def distill_game(cfg: Config, plan: Plan, folder: Path, progress: bool = True) -
         "n": plan.test_n,
         "tokens": e.eval_tokens,
         "dtype": cfg.model.dtype,
+        "wrapper": cfg.data.user_template,
     }
 
     def rate(model_path: str, with_context: bool) -> dict:
@@ -169,27 +172,51 @@ def distill_game(cfg: Config, plan: Plan, folder: Path, progress: bool = True) -
     return results
 
 
+ERROR = "error.txt"
+
+
 def _cell(cfg_dict: dict, plan: Plan, folder: str, progress: bool) -> None:
-    """One distillation run, in its own process."""
+    """One distillation run, in its own process; a refusal is handed to the parent as one line in `error.txt`."""
+    import sys
+
     from opcd.config import _build
 
     cfg = _build(cfg_dict, "consolidation cell")
-    if cfg.experience.task == "math":
-        distill_prompt(cfg, eval_plan(cfg, plan, Path(folder)), progress=progress)
-    else:
-        distill_game(cfg, plan, Path(folder), progress=progress)
+    try:
+        if cfg.experience.task == "math":
+            distill_prompt(cfg, eval_plan(cfg, plan, Path(folder)), progress=progress)
+        else:
+            distill_game(cfg, plan, Path(folder), progress=progress)
+    except OpcdError as e:
+        write_atomic(Path(cfg.train.run_dir) / ERROR, str(e))
+        sys.exit(2)
 
 
 def _run_cell(cfg: Config, plan: Plan, folder: Path, progress: bool) -> dict:
-    done = Path(cfg.train.run_dir) / "results.json"
+    from opcd.train import _changed
+
+    run = Path(cfg.train.run_dir)
+    done = run / "results.json"
+    if (run / "config.toml").is_file():  # a finished (or started) run is reused only for exactly this config
+        from opcd.config import load_config
+
+        changed = _changed(load_config(run / "config.toml", []).to_dict(), cfg.to_dict())
+        if changed:
+            raise OpcdError(
+                f"{run} holds a run with other settings ({', '.join(changed)}): delete it, or use another "
+                "experience.dir"
+            )
     if not done.is_file():
+        (run / ERROR).unlink(missing_ok=True)
         process = multiprocessing.get_context("spawn").Process(
             target=_cell, args=(cfg.to_dict(), plan, str(folder), progress)
         )
         process.start()
         process.join()
+        if (run / ERROR).is_file():
+            raise OpcdError((run / ERROR).read_text())
         if process.exitcode != 0 or not done.is_file():
-            raise OpcdError(f"consolidation run {cfg.train.run_dir} failed (exit code {process.exitcode}); see above")
+            raise OpcdError(f"consolidation run {run} failed (exit code {process.exitcode}); see its output above")
     return json.loads(done.read_text())
 
 
@@ -212,6 +239,7 @@ def _teacher_in_context(cfg: Config, plan: Plan, folder: Path, contexts: list[Ca
             data = DataConfig(**{**asdict(t_cfg.data), "prompts": ep.test_prompts, "max_prompts": ep.test_max})
             tok = models.load_tokenizer(teacher)
             key = {"model": teacher, "context": c.context, "n": plan.test_n, "tokens": cfg.experience.eval_tokens}
+            key |= {"wrapper": _wrapper(cfg), "dtype": cfg.model.dtype}
             rates.append(
                 _cached(
                     folder / "base",
@@ -234,6 +262,7 @@ def _teacher_in_context(cfg: Config, plan: Plan, folder: Path, contexts: list[Ca
 
             tok = models.load_tokenizer(teacher)
             key = {"model": teacher, "context": c.context, "n": plan.test_n, "game": cfg.experience.task}
+            key |= {"wrapper": _wrapper(cfg), "dtype": cfg.model.dtype, "tokens": cfg.experience.eval_tokens}
 
             def measure(c=c, tok=tok):
                 model = models.load_model(teacher, cfg.model.dtype, cfg.model.device)
@@ -253,6 +282,13 @@ def _teacher_in_context(cfg: Config, plan: Plan, folder: Path, contexts: list[Ca
     return rates
 
 
+def _digest(text: str) -> str:
+    """Runs are filed under their context's digest: another selection of the same context reuses them."""
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
 def _mean_std(values: list[float]) -> str:
     values = [100 * v for v in values]
     if len(values) == 1:
@@ -266,6 +302,8 @@ def consolidate(cfg: Config, plan: Plan, progress: bool = True) -> dict:
     e = cfg.experience
     folder = Path(e.dir) / "consolidate"
     pool = load_pool(Path(e.dir), e.token_budget)
+    if plan.test_n < 1 or not plan.seeds or not plan.methods:
+        raise OpcdError("consolidation needs --test-n >= 1, at least one training seed and one method")
     chosen = select(pool, plan.selection, plan.count, plan.selection_seed)
     for method in plan.methods:
         if method not in METHODS:
@@ -274,7 +312,7 @@ def consolidate(cfg: Config, plan: Plan, progress: bool = True) -> dict:
     for n, candidate in enumerate(chosen):
         for method in plan.methods:
             for seed in plan.seeds:
-                run_dir = folder / f"{plan.selection}-{n}" / f"{method}-seed{seed}"
+                run_dir = folder / f"context-{_digest(candidate.context)}" / f"{method}-seed{seed}"
                 cells[n, method, seed] = _run_cell(
                     run_config(cfg, candidate.context, method, seed, run_dir), plan, folder, progress
                 )

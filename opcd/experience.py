@@ -17,6 +17,7 @@ interrupted extraction resumes at the next problem with nothing lost or repeated
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -232,6 +233,8 @@ def select(pool: list[Candidate], how: str, count: int = 3, seed: int = 0) -> li
             raise OpcdError("no candidate context has a validation score: extract with experience.validation_max > 0")
         return [max(measured, key=lambda c: (c.validation, -c.tokens, -c.seed, -c.step))]
     if how == "random":
+        if count < 1:
+            raise OpcdError("--count must be >= 1")
         if count > len(pool):
             raise OpcdError(f"asked for {count} random contexts but the pool holds {len(pool)}")
         return random.Random(seed).sample(pool, count)
@@ -551,6 +554,13 @@ def write_per_prompt(cfg, pool: list[Candidate], seed: int) -> Path:
     ]
     out = Path(cfg.experience.dir) / "per-prompt.jsonl"
     write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    from opcd.config import save_config
+    from opcd.consolidate import run_config
+
+    # a ready training config: these rows, each context in the task's in-context wrapper on the teacher's side
+    train_cfg = run_config(cfg, "", "opcd", cfg.train.seed, Path(cfg.experience.dir) / "per-prompt-run")
+    train_cfg = dataclasses.replace(train_cfg, data=dataclasses.replace(train_cfg.data, prompts=str(out)))
+    save_config(train_cfg, out.with_suffix(".toml"))
     return out
 
 

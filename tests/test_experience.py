@@ -287,33 +287,78 @@ def test_a_game_trains_on_the_turns_of_episodes(tiny_model, tmp_path):
         assert rows[0]["loss/value"] > 0
 
 
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory, smol_tokenizer):
+    from tests.conftest import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("teacher") / "model", smol_tokenizer, hidden=48, seed=1)
+
+
+def _consolidation_config(task, tiny_model, math_files, folder, **extra):
+    values = {
+        "experience.task": task,
+        "rollout.max_new_tokens": 4,
+        "train.steps": 1,
+        "train.prompts_per_step": 2,
+        "train.tensorboard": "false",
+        "train.save_every": 0,
+        **extra,
+    }
+    return _extract_config(tiny_model, math_files, folder, **values)
+
+
 @pytest.mark.parametrize("task", ["math", "frozenlake"])
-def test_consolidation_runs_every_method_and_writes_the_table(task, tiny_model, math_files, tmp_path):
+def test_consolidation_runs_every_method_and_writes_the_table(task, tiny_model, tiny_teacher, math_files, tmp_path):
     from opcd.consolidate import Plan, consolidate
 
     folder = tmp_path / "exp"
     _write_seed(folder, 0, [["Add the ones first."], ["Add the ones first.", "H is a hole."]], validation=0.5)
-    cfg = _extract_config(
-        tiny_model,
-        math_files,
-        folder,
-        **{
-            "experience.task": task,
-            "rollout.max_new_tokens": 4,
-            "train.steps": 1,
-            "train.prompts_per_step": 2,
-            "train.tensorboard": "false",
-            "train.save_every": 0,
-        },
-    )
+    # cross-size: a larger tiny model with the same tokenizer teaches
+    cfg = _consolidation_config(task, tiny_model, math_files, folder, **{"model.teacher": str(tiny_teacher)})
     plan = Plan(selection="random", count=2, seeds=(0,), test_n=2, ood=False)
     results = consolidate(cfg, plan, progress=False)
     assert set(results["students"]) == {"offpolicy", "opcd"}
     assert len(results["in_context"]) == 2 and all(len(v) == 2 for v in results["students"].values())
+    assert len(results["teacher_in_context"]) == 2  # the teacher with the experience, same test set
     table = (folder / "consolidate" / "results-random.md").read_text()
-    assert "| Base | In-Context | Off-policy CD | OPCD |" in table
+    assert "| Base | In-Context | Teacher in-context | Off-policy CD | OPCD |" in table
     assert (folder / "consolidate" / "results-random.png").stat().st_size > 0
-    runs = sorted((folder / "consolidate").glob("random-*/*-seed0/results.json"))
-    assert len(runs) == 4 and not list((folder / "consolidate").glob("random-*/*/checkpoints"))
-    again = consolidate(cfg, plan, progress=False)  # finished runs are read back, not redone
-    assert again["students"] == results["students"]
+    runs = {json.loads(p.read_text())["context"] for p in (folder / "consolidate").glob("context-*/*/results.json")}
+    assert runs == {"- EXPERIENCE ITEM: Add the ones first.", render(["Add the ones first.", "H is a hole."])}
+    assert not list((folder / "consolidate").glob("context-*/*/checkpoints"))
+
+    [best] = select(load_pool(folder, 512), "best")
+    again = consolidate(cfg, Plan(selection="best", seeds=(0,), test_n=2, ood=False), progress=False)
+    ran = [json.loads(p.read_text()) for p in (folder / "consolidate").glob("context-*/*/results.json")]
+    assert len(ran) == 4  # the best context was one of the two: its runs are read back, not redone
+    where = [(c["seed"], c["step"]) for c in results["contexts"]].index((best.seed, best.step))
+    assert again["students"]["opcd"] == [results["students"]["opcd"][where]]
+    changed = _consolidation_config(
+        task, tiny_model, math_files, folder, **{"model.teacher": str(tiny_teacher), "train.lr": 1e-3}
+    )
+    with pytest.raises(OpcdError, match=r"holds a run with other settings \(train.lr\)"):
+        consolidate(changed, Plan(selection="best", seeds=(0,), test_n=2, ood=False), progress=False)
+
+
+def test_a_refusal_inside_a_consolidation_run_comes_back_as_one_line(tiny_model, math_files, tmp_path):
+    from opcd.consolidate import Plan, consolidate
+
+    folder = tmp_path / "exp"
+    _write_seed(folder, 0, [["Add the ones first."]], validation=0.5)
+    cfg = _consolidation_config("math", tiny_model, math_files, folder, **{"loss.min_kl": 1e9})
+    with pytest.raises(OpcdError, match="^step 1: the student without the context is already within"):
+        consolidate(cfg, Plan(methods=("opcd",), seeds=(0,), test_n=2, ood=False), progress=False)
+
+
+def test_per_prompt_contexts_come_with_a_training_config(tiny_model, math_files, tmp_path):
+    from opcd.experience import write_per_prompt
+
+    folder = tmp_path / "exp"
+    _write_seed(folder, 0, [["One."], ["One.", "Two."]])
+    cfg = _extract_config(tiny_model, math_files, folder)
+    out = write_per_prompt(cfg, load_pool(folder, 512), seed=0)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 6 and {r["context"] for r in rows} <= {c.context for c in load_pool(folder, 512)}
+    train_cfg = load_config(out.with_suffix(".toml"))
+    assert train_cfg.data.prompts == str(out) and train_cfg.data.placement == "user"
+    assert "# Experience" in train_cfg.data.user_template and train_cfg.loss.mode == "opcd"
