@@ -272,6 +272,28 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
         timers["teacher"] += time.perf_counter() - began
         return logits
 
+    def draw(indices: list[int], seed: int, first_chunk: int) -> tuple[list[Rollout], int]:
+        """The rollout stage: this rank's samples for the drawn examples, and how many games were won."""
+        if not game:
+            samples = _sample(
+                mode, cfg, student, teacher, tokenizer, eos, pairs, indices, seed, first_chunk, engine, ranks.fsdp
+            )
+            return samples, 0
+        on_policy = mode.sampler == "student"  # the student plays (opcd), or the teacher with the context
+        with nullcontext(student) if on_policy else teacher.active() as player:
+            episodes = play(
+                player,
+                tokenizer,
+                renderer,
+                game,
+                [TRAINING_SEEDS + i for i in indices],
+                cfg.rollout,
+                dtype,
+                seed + ranks.rank,
+                None if on_policy else context,
+            )
+        return episode_rollouts(renderer, episodes, context), sum(e.success for e in episodes)
+
     bar = tqdm(
         range(start_step + 1, t.steps + 1),
         desc="opcd train",
@@ -287,38 +309,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
         idx = batch_indices(POOL if game else len(examples), t.prompts_per_step, t.seed, step)
         idx = [i for i in idx for _ in range(cfg.rollout.samples_per_prompt)]
         first_chunk = mine.start // (cfg.rollout.batch_size or (mine.stop - mine.start))
-        if game:  # every turn of every episode is a sample; the student plays (opcd) or the teacher with context
-            on_policy = mode.sampler == "student"
-            with nullcontext(student) if on_policy else teacher.active() as player:
-                episodes = play(
-                    player,
-                    tokenizer,
-                    renderer,
-                    game,
-                    [TRAINING_SEEDS + i for i in idx[mine]],
-                    cfg.rollout,
-                    dtype,
-                    step_seed(t.seed, step) + ranks.rank,
-                    None if on_policy else context,
-                )
-            rollouts = episode_rollouts(renderer, episodes, context)
-            wins = sum(e.success for e in episodes)
-        else:
-            rollouts = _sample(
-                mode,
-                cfg,
-                student,
-                teacher,
-                tokenizer,
-                eos,
-                pairs,
-                idx[mine],
-                step_seed(t.seed, step),
-                first_chunk,
-                engine,
-                synced=ranks.fsdp,
-            )
-            wins = 0
+        rollouts, wins = draw(idx[mine], step_seed(t.seed, step), first_chunk)
         timers["generate"] = time.perf_counter() - step_began
         local_tokens = sum(len(r.response) for r in rollouts)
         local_unfinished = sum(not r.finished for r in rollouts)
