@@ -24,7 +24,7 @@ from opcd import models
 from opcd.config import Config, DataConfig
 from opcd.distill import OOD_DEFAULT, EvalPlan, _cached, distill_prompt, evaluate_ood, write_atomic
 from opcd.errors import OpcdError
-from opcd.experience import WRAPPERS, Candidate, greedy, load_pool, select, template
+from opcd.experience import NO_CONTEXT, WRAPPERS, Candidate, greedy, load_pool, read_json, select, template
 
 METHODS = ("offpolicy", "opcd")
 LABELS = {"offpolicy": "Off-policy CD", "opcd": "OPCD"}
@@ -305,6 +305,14 @@ def consolidate(cfg: Config, plan: Plan, progress: bool = True) -> dict:
     if plan.test_n < 1 or not plan.seeds or not plan.methods:
         raise OpcdError("consolidation needs --test-n >= 1, at least one training seed and one method")
     chosen = select(pool, plan.selection, plan.count, plan.selection_seed)
+    none = Path(e.dir) / NO_CONTEXT
+    if plan.selection == "best" and none.exists() and progress:
+        without = read_json(none)["validation"]
+        if chosen[0].validation <= without:
+            print(
+                f"opcd: warning: the best context scores {chosen[0].validation:.1%} on validation, no context "
+                f"{without:.1%}: this experience does not help the model that extracted it, so distilling it may not"
+            )
     for method in plan.methods:
         if method not in METHODS:
             raise OpcdError(f"unknown method '{method}': use {' or '.join(METHODS)}")
