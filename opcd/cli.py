@@ -307,6 +307,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from opcd.models import limit_heap_growth
+
+    limit_heap_growth()
     args = parser().parse_args(argv)
     try:
         args.func(args)

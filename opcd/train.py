@@ -182,6 +182,7 @@ def _check_fsdp(cfg: Config) -> None:
 def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
     """Train the student as `cfg` says; returns the run directory (checkpoints, metrics.jsonl, config.toml)."""
     validate(cfg)
+    models.limit_heap_growth()
     if cfg.rollout.engine == "vllm":
         from opcd.vllm_sampler import require_vllm
 
