@@ -22,7 +22,7 @@ from pathlib import Path
 
 from opcd import models
 from opcd.config import Config, DataConfig
-from opcd.distill import OOD_DEFAULT, EvalPlan, _cached, distill_prompt, evaluate_ood, write_atomic
+from opcd.distill import METHOD_NAMES, OOD_DEFAULT, EvalPlan, _cached, distill_prompt, evaluate_ood, write_atomic
 from opcd.errors import OpcdError
 from opcd.experience import NO_CONTEXT, WRAPPERS, Candidate, greedy, load_pool, read_json, select, template
 
@@ -157,7 +157,7 @@ def distill_game(cfg: Config, plan: Plan, folder: Path, progress: bool = True) -
         "rates": {
             "Base, without the prompt": base["without"]["rate"],
             "In-context: base with the prompt": base["with"]["rate"],
-            "student": student["rate"],
+            f"{METHOD_NAMES[cfg.loss.mode]} student, without the prompt": student["rate"],
         },
         "ood": {
             n: {"base": base_ood[n]["rate"], "student": student_ood[n]["rate"], "n": student_ood[n]["n"]}
@@ -330,12 +330,9 @@ def consolidate(cfg: Config, plan: Plan, progress: bool = True) -> dict:
         n: cells[n, plan.methods[0], plan.seeds[0]]["rates"]["In-context: base with the prompt"]
         for n in range(len(chosen))
     }
-    student_key = "student" if e.task != "math" else None
 
-    def student_rate(r: dict) -> float:
-        if student_key:
-            return r["rates"][student_key]
-        return next(v for k, v in r["rates"].items() if k.endswith("student, without the prompt"))
+    def student_rate(r: dict) -> float:  # math and games name it alike: "<method> student, without the prompt"
+        return r["rates"][f"{METHOD_NAMES[r['method']]} student, without the prompt"]
 
     by_method = {
         m: [student_rate(cells[n, m, s]) for n in range(len(chosen)) for s in plan.seeds] for m in plan.methods

@@ -99,8 +99,8 @@ def resolve_path(name: str) -> Path:
     return Path(name)
 
 
-def read_jsonl(path: Path) -> list[tuple[str, dict]]:
-    """(file:line, row) for every non-blank line; a malformed line fails with its location."""
+def read_jsonl(path: Path, advice: str = "") -> list[tuple[str, dict]]:
+    """(file:line, row) for every non-blank line; a malformed line fails with its location (and `advice`)."""
     if not path.is_file():
         raise OpcdError(f"prompts file '{path}' not found")
     rows = []
@@ -111,9 +111,9 @@ def read_jsonl(path: Path) -> list[tuple[str, dict]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise OpcdError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+            raise OpcdError(f"{where}: not valid JSON ({e.msg} at column {e.colno}){advice}") from None
         if not isinstance(row, dict):
-            raise OpcdError(f"{where}: each line must be a JSON object")
+            raise OpcdError(f"{where}: each line must be a JSON object{advice}")
         rows.append((where, row))
     return rows
 

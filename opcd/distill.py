@@ -43,6 +43,7 @@ PRESET = [
     "train.save_every=10",
     "train.keep_checkpoints=0",
 ]
+METHOD_NAMES = {"opcd": "OPCD", "offpolicy": "Off-policy distillation", "sft": "SFT on teacher samples"}
 GREEDY_SHORT = RolloutConfig(temperature=0.0, max_new_tokens=48)
 OOD_DEFAULT = {
     "instructions": (0, RolloutConfig(temperature=0.0, max_new_tokens=128, batch_size=30)),
@@ -276,7 +277,7 @@ def distill_prompt(cfg: Config, plan: EvalPlan, *, progress: bool = True) -> dic
             lambda: evaluate_ood(str(path / "model"), cfg, plan, renderer),
         )
     rows = read_metrics(run / "metrics.jsonl")
-    method = {"opcd": "OPCD", "offpolicy": "Off-policy distillation", "sft": "SFT on teacher samples"}[cfg.loss.mode]
+    method = METHOD_NAMES[cfg.loss.mode]
     rates = [
         ("Base, without the prompt", base["without"]["test"]["rate"]),
         ("In-context: base with the prompt", base["with"]["test"]["rate"]),

@@ -141,23 +141,16 @@ def seed_file(folder: Path, seed: int) -> Path:
 
 def read_records(path: Path) -> list[Record]:
     """A seed file, checked line by line; a corrupt or truncated line fails with its location and what to do."""
+    from opcd.data import read_jsonl
+
     records = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise OpcdError(
-                f"{where}: not valid JSON (a truncated or hand-edited file?): delete this line and the ones after it "
-                "to redo those problems, or the file to start the seed over"
-            ) from None
-        if not isinstance(row, dict) or set(row) != RECORD_FIELDS:
-            missing = sorted(RECORD_FIELDS - set(row)) if isinstance(row, dict) else ["(not an object)"]
+    redo = ": delete this line and the ones after it to redo those problems, or the file to start the seed over"
+    for where, row in read_jsonl(path, advice=f" (a truncated or hand-edited file?){redo}"):
+        if set(row) != RECORD_FIELDS:
+            missing, unexpected = sorted(RECORD_FIELDS - set(row)), sorted(set(row) - RECORD_FIELDS)
             raise OpcdError(
                 f"{where}: not an experience record (missing {', '.join(missing) or 'nothing'}; "
-                f"unexpected {', '.join(sorted(set(row) - RECORD_FIELDS)) if isinstance(row, dict) else ''})"
+                f"unexpected {', '.join(unexpected) or 'nothing'})"
             )
         lists = ("items", "new_items", "dropped")
         if not all(isinstance(row[k], list) and all(isinstance(i, str) for i in row[k]) for k in lists):
