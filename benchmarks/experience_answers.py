@@ -22,20 +22,14 @@ sys.path.insert(0, str(ROOT))
 from opcd import models  # noqa: E402
 from opcd.config import load_config  # noqa: E402
 from opcd.distill import write_atomic  # noqa: E402
-from opcd.evaluate import respond  # noqa: E402
-from opcd.experience import MathTask, greedy, load_pool  # noqa: E402
-from opcd.tasks.graders import number  # noqa: E402
+from opcd.experience import MathTask, load_pool, select  # noqa: E402
 
 
-def measure(task: MathTask, model, tokenizer, context: str | None, budget: int, dtype: str) -> dict:
-    if context is None:
-        prompts = [task.renderer.student_ids(x.messages) for x in task.validation]
-    else:
-        prompts = [task.renderer.render(x.messages, context).teacher_ids for x in task.validation]
-    texts, finished = respond(model, tokenizer, prompts, greedy(budget), dtype, desc=f"budget {budget}")
+def measure(task: MathTask, model, tokenizer, context: str | None, budget: int) -> dict:
+    texts, finished = task.answers(model, context, budget, desc=f"budget {budget}")
     n = len(texts)
     return {
-        "accuracy": sum(number(t, x.answer) for t, x in zip(texts, task.validation, strict=True)) / n,
+        "accuracy": sum(task.correct(texts)) / n,
         "truncated": 1 - sum(finished) / n,
         "mean_tokens": sum(len(tokenizer(t)["input_ids"]) for t in texts) / n,
         "mentions_experience": sum("experience" in t.lower() for t in texts) / n,
@@ -54,7 +48,7 @@ def main() -> None:
         raise SystemExit(f"{args.config}: experience.task is '{e.task}'; this diagnostic reads math answers")
     name = e.model or cfg.model.student
     pool = [c for c in load_pool(Path(e.dir), e.token_budget) if c.validation is not None]
-    best = min(pool, key=lambda c: (-c.validation, c.tokens))
+    [best] = select(pool, "best")  # the context consolidation distils
     worst = min(pool, key=lambda c: (c.validation, -c.tokens))
     tokenizer = models.load_tokenizer(name)
     model = models.load_model(name, cfg.model.dtype, cfg.model.device)
@@ -65,7 +59,7 @@ def main() -> None:
             row = {"context": label, "budget": budget}
             if candidate is not None:
                 row |= {"which": candidate.name, "items": len(candidate.items), "tokens": candidate.tokens}
-            row |= measure(task, model, tokenizer, candidate and candidate.context, budget, cfg.model.dtype)
+            row |= measure(task, model, tokenizer, candidate and candidate.context, budget)
             rows.append(row)
             print({k: v for k, v in row.items() if k != "first_answer"}, flush=True)
     lines = [

@@ -298,19 +298,26 @@ class MathTask:
         [answer], _ = respond(model, self.tokenizer, [ids], rollout, self.cfg.model.dtype, seed)
         return f"Input: {problem.messages[-1]['content']}\nOutput: {answer.strip()}", None
 
-    def score(self, model, context: str | None) -> float:
-        """Greedy accuracy on the validation problems, with `context` in the wrapper (None: no context)."""
+    def answers(self, model, context: str | None, max_new_tokens: int, desc: str | None = None):
+        """Greedy answers to the validation problems and whether each ended, with `context` in the wrapper (None:
+        no context)."""
         from opcd.evaluate import respond
-        from opcd.tasks.graders import number
 
-        e = self.cfg.experience
         if context is None:
             prompts = [self.renderer.student_ids(x.messages) for x in self.validation]
         else:
             prompts = [self.renderer.render(x.messages, context).teacher_ids for x in self.validation]
-        rollout = greedy(e.eval_tokens)
-        texts, _ = respond(model, self.tokenizer, prompts, rollout, self.cfg.model.dtype)
-        return sum(number(t, x.answer) for t, x in zip(texts, self.validation, strict=True)) / len(self.validation)
+        return respond(model, self.tokenizer, prompts, greedy(max_new_tokens), self.cfg.model.dtype, desc=desc)
+
+    def correct(self, texts: list[str]) -> list[bool]:
+        from opcd.tasks.graders import number
+
+        return [number(t, x.answer) for t, x in zip(texts, self.validation, strict=True)]
+
+    def score(self, model, context: str | None) -> float:
+        """Greedy accuracy on the validation problems, with `context` in the wrapper (None: no context)."""
+        texts, _ = self.answers(model, context, self.cfg.experience.eval_tokens)
+        return sum(self.correct(texts)) / len(self.validation)
 
 
 def seeded_order(n: int, k: int, seed: int) -> list[int]:
