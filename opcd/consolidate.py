@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import multiprocessing
+import signal
 import statistics
 import time
 from dataclasses import asdict
@@ -216,8 +217,17 @@ def _run_cell(cfg: Config, plan: Plan, folder: Path, progress: bool) -> dict:
         if (run / ERROR).is_file():
             raise OpcdError((run / ERROR).read_text())
         if process.exitcode != 0 or not done.is_file():
-            raise OpcdError(f"consolidation run {run} failed (exit code {process.exitcode}); see its output above")
+            raise OpcdError(_cell_failure(run, process.exitcode))
     return json.loads(done.read_text())
+
+
+def _cell_failure(run: Path, exitcode: int | None) -> str:
+    if exitcode == -signal.SIGKILL:
+        return (
+            f"consolidation run {run} was killed (SIGKILL, most often the out-of-memory killer): lower "
+            "train.micro_batch_size or run one job at a time, then rerun the same command to continue"
+        )
+    return f"consolidation run {run} failed (exit code {exitcode}); see its output above"
 
 
 def _teacher_in_context(cfg: Config, plan: Plan, folder: Path, contexts: list[Candidate]) -> list[float] | None:

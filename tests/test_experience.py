@@ -350,6 +350,23 @@ def test_a_refusal_inside_a_consolidation_run_comes_back_as_one_line(tiny_model,
         consolidate(cfg, Plan(methods=("opcd",), seeds=(0,), test_n=2, ood=False), progress=False)
 
 
+def test_a_consolidation_run_killed_for_memory_is_named_as_such(tmp_path):
+    import multiprocessing
+    import os
+    import signal
+    import time
+
+    from opcd.consolidate import _cell_failure
+
+    process = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(60,))
+    process.start()
+    os.kill(process.pid, signal.SIGKILL)  # what the out-of-memory killer sends
+    process.join()
+    message = _cell_failure(tmp_path / "opcd-seed1", process.exitcode)
+    assert "out-of-memory killer" in message and "train.micro_batch_size" in message and "\n" not in message
+    assert "(exit code 1)" in _cell_failure(tmp_path / "opcd-seed1", 1)
+
+
 def test_per_prompt_contexts_come_with_a_training_config(tiny_model, math_files, tmp_path):
     from opcd.experience import write_per_prompt
 
