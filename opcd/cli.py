@@ -75,6 +75,7 @@ def _consolidate_plan(args):
         seeds=tuple(args.seeds),
         test_n=args.test_n,
         ood=not args.no_ood,
+        checkpoint=args.checkpoint,
     )
 
 
@@ -107,6 +108,13 @@ def _add_selection_args(p, consolidating: bool) -> None:
         p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (default 0 1)")
         p.add_argument("--test-n", type=int, default=40, help="GSM8K test problems / game test environments")
         p.add_argument("--no-ood", action="store_true", help="skip the instruction-following check")
+        p.add_argument(
+            "--checkpoint",
+            choices=["last", "validation"],
+            default="last",
+            help="report the last checkpoint, or the best on the validation split (the paper's rule, but chosen on "
+            "validation, not test; checkpoints every train.save_every steps, 2 where that is 0)",
+        )
 
 
 def _scorer_specs(args) -> tuple[str, ...]:

@@ -42,6 +42,11 @@ class Plan:
     seeds: tuple[int, ...] = (0, 1)  # training seeds
     test_n: int = 40  # math: GSM8K test problems; games: test environments 0..N-1
     ood: bool = True  # instruction following (IF-Eval style), base and students
+    checkpoint: str = "last"  # last | validation: the best checkpoint on the experience's validation split
+
+
+CHECKPOINT_RULES = ("last", "validation")
+PAPER_SAVE_EVERY = 2  # the paper saves a checkpoint every 2 steps and reports the best one
 
 
 def _wrapper(cfg: Config) -> str:
@@ -49,9 +54,13 @@ def _wrapper(cfg: Config) -> str:
     return template(cfg.experience.wrapper, WRAPPERS[kind], ("context", "prompt"), "experience.wrapper")
 
 
-def run_config(cfg: Config, context: str, method: str, seed: int, run_dir: Path) -> Config:
-    """The distillation run for one (context, method, seed)."""
+def run_config(cfg: Config, context: str, method: str, seed: int, run_dir: Path, checkpoint: str = "last") -> Config:
+    """The distillation run for one (context, method, seed). Selecting the checkpoint on validation keeps every
+    checkpoint, saved every `train.save_every` steps (every 2, the paper's setting, where that is 0)."""
     e = cfg.experience
+    train = dataclasses.replace(cfg.train, seed=seed, run_dir=str(run_dir))
+    if checkpoint == "validation":
+        train = dataclasses.replace(train, save_every=cfg.train.save_every or PAPER_SAVE_EVERY, keep_checkpoints=0)
     prompts = e.problems if e.task == "math" else f"game:{e.task}"
     data = DataConfig(
         **{
@@ -67,7 +76,7 @@ def run_config(cfg: Config, context: str, method: str, seed: int, run_dir: Path)
         cfg,
         data=data,
         loss=dataclasses.replace(cfg.loss, mode=method),
-        train=dataclasses.replace(cfg.train, seed=seed, run_dir=str(run_dir)),
+        train=train,
     )
 
 
@@ -76,10 +85,13 @@ def _ood_suites(plan: Plan) -> dict:
 
 
 def eval_plan(cfg: Config, plan: Plan, folder: Path) -> EvalPlan:
+    by_validation = plan.checkpoint == "validation"
     return EvalPlan(
         scorer=("number",),
         test_prompts="opcd:gsm8k_test",
         test_max=plan.test_n,
+        validation_prompts=cfg.experience.validation if by_validation else "",
+        validation_max=cfg.experience.validation_max if by_validation else 0,
         rollout=greedy(cfg.experience.eval_tokens),
         ood=_ood_suites(plan),
         keep_weights=False,
@@ -111,19 +123,20 @@ def distill_game(cfg: Config, plan: Plan, folder: Path, progress: bool = True) -
         "wrapper": cfg.data.user_template,
     }
 
-    def rate(model_path: str, with_context: bool) -> dict:
+    def rate(model_path: str, with_context: bool, first: int = 0, n: int = plan.test_n) -> dict:
         model = models.load_model(model_path, cfg.model.dtype, cfg.model.device)
         r, episodes = success_rate(
             model,
             tokenizer,
             renderer,
             game,
-            plan.test_n,
+            n,
             e.eval_tokens,
             cfg.model.dtype,
             context if with_context else None,
+            first,
         )
-        return {"rate": r, "n": plan.test_n, "turns": sum(len(x.turns) for x in episodes) / len(episodes)}
+        return {"rate": r, "n": n, "turns": sum(len(x.turns) for x in episodes) / len(episodes)}
 
     base_dir = folder / "base"
     base = {
@@ -136,9 +149,7 @@ def distill_game(cfg: Config, plan: Plan, folder: Path, progress: bool = True) -
     ood_key = {"model": cfg.model.student, "ood": str(ood_plan.ood), "dtype": cfg.model.dtype}
     base_ood = _cached(base_dir, "base-ood", ood_key, lambda: evaluate_ood(cfg.model.student, cfg, ood_plan, renderer))
     run = train(cfg, resume=True, progress=progress)
-    from opcd.checkpoint import list_checkpoints
-
-    step, path = list_checkpoints(run)[-1]
+    step, path, selection = _game_checkpoint(run, cfg, plan, key, rate)
     student_key = {**key, "checkpoint": str(path), "mtime": (path / "model").stat().st_mtime}
     student = _cached(run / "eval", "game-student", student_key, lambda: rate(str(path / "model"), False))
     student_ood = _cached(
@@ -154,7 +165,7 @@ def distill_game(cfg: Config, plan: Plan, folder: Path, progress: bool = True) -
         "context": context,
         "metric": "success",
         "test": {"prompts": f"{game} environments 0..{plan.test_n - 1}", "n": plan.test_n},
-        "checkpoint": {"step": step, "rule": "last checkpoint"},
+        "checkpoint": {"step": step, **selection},
         "rates": {
             "Base, without the prompt": base["without"]["rate"],
             "In-context: base with the prompt": base["with"]["rate"],
@@ -171,6 +182,27 @@ def distill_game(cfg: Config, plan: Plan, folder: Path, progress: bool = True) -
 
     shutil.rmtree(run / "checkpoints", ignore_errors=True)
     return results
+
+
+def _game_checkpoint(run: Path, cfg: Config, plan: Plan, key: dict, rate) -> tuple[int, Path, dict]:
+    """The last checkpoint, or the best on the validation environments (ties: the later one)."""
+    from opcd.checkpoint import list_checkpoints
+    from opcd.episodes import VALIDATION_SEEDS
+
+    found = list_checkpoints(run)
+    if plan.checkpoint == "last":
+        step, path = found[-1]
+        return step, path, {"rule": "last checkpoint"}
+    n = cfg.experience.validation_max
+    rates = {}
+    for step, path in found:
+        at = {**key, "checkpoint": str(path), "mtime": (path / "model").stat().st_mtime, "validation": n}
+        rates[step] = _cached(
+            run / "eval", f"validation-{step}", at, lambda p=path: rate(str(p / "model"), False, VALIDATION_SEEDS, n)
+        )["rate"]
+    best = max(rates, key=lambda s: (rates[s], s))
+    where = f"environments {VALIDATION_SEEDS}..{VALIDATION_SEEDS + n - 1}"
+    return best, dict(found)[best], {"rule": f"best on validation ({n} {where})", "validation_rates": rates}
 
 
 ERROR = "error.txt"
@@ -326,14 +358,21 @@ def consolidate(cfg: Config, plan: Plan, progress: bool = True) -> dict:
     for method in plan.methods:
         if method not in METHODS:
             raise OpcdError(f"unknown method '{method}': use {' or '.join(METHODS)}")
+    if plan.checkpoint not in CHECKPOINT_RULES:
+        raise OpcdError(f"unknown checkpoint rule '{plan.checkpoint}': use {' or '.join(CHECKPOINT_RULES)}")
+    if plan.checkpoint == "validation" and (e.validation_max < 1 or (e.task == "math" and not e.validation)):
+        raise OpcdError(
+            "--checkpoint validation scores every checkpoint on the validation split: set experience.validation "
+            "(math) and experience.validation_max >= 1"
+        )
+    suffix = "" if plan.checkpoint == "last" else "-by-validation"  # other checkpoints kept: another run
     cells: dict[tuple[int, str, int], dict] = {}
     for n, candidate in enumerate(chosen):
         for method in plan.methods:
             for seed in plan.seeds:
-                run_dir = folder / f"context-{_digest(candidate.context)}" / f"{method}-seed{seed}"
-                cells[n, method, seed] = _run_cell(
-                    run_config(cfg, candidate.context, method, seed, run_dir), plan, folder, progress
-                )
+                run_dir = folder / f"context-{_digest(candidate.context)}" / f"{method}-seed{seed}{suffix}"
+                cell = run_config(cfg, candidate.context, method, seed, run_dir, plan.checkpoint)
+                cells[n, method, seed] = _run_cell(cell, plan, folder, progress)
     first = next(iter(cells.values()))
     base = first["rates"]["Base, without the prompt"]
     in_context = {
@@ -362,6 +401,10 @@ def consolidate(cfg: Config, plan: Plan, progress: bool = True) -> dict:
         "contexts": [{"seed": c.seed, "step": c.step, "validation": c.validation, "tokens": c.tokens} for c in chosen],
         "test": first["test"],
         "seeds": list(plan.seeds),
+        "checkpoint": {
+            "rule": first["checkpoint"]["rule"],
+            "steps": {f"{n}/{m}/seed{s}": r["checkpoint"]["step"] for (n, m, s), r in cells.items()},
+        },
         "base": base,
         "in_context": [in_context[n] for n in range(len(chosen))],
         "teacher_in_context": teacher,
@@ -393,7 +436,8 @@ def table(r: dict) -> str:
     lines = [
         f"Task: {r['task']} ({metric} on {r['test']['n']} {r['test']['prompts']}); student {r['student']}, "
         f"experience extracted by {r['extracted_by']}, teacher {r['teacher']}; {r['selection']} context"
-        f"{'s' if len(r['in_context']) > 1 else ''}; training seeds {r['seeds']}.",
+        f"{'s' if len(r['in_context']) > 1 else ''}; training seeds {r['seeds']}"
+        + (f"; checkpoint: {r['checkpoint']['rule']}." if "checkpoint" in r else "."),
         "",
         "| " + " | ".join(cols) + " |",
         "|" + "---|" * len(cols),

@@ -176,10 +176,13 @@ class GameTask:
         return sum(e.success for e in episodes) / len(episodes)
 
 
-def success_rate(model, tokenizer, renderer, game: str, n: int, max_new_tokens: int, dtype: str, context=None):
-    """Greedy success on the test environments 0..n-1: (rate, episodes)."""
+def success_rate(
+    model, tokenizer, renderer, game: str, n: int, max_new_tokens: int, dtype: str, context=None, first: int = 0
+):
+    """Greedy success on the environments first..first+n-1 (0..: test, VALIDATION_SEEDS..: validation): (rate,
+    episodes)."""
     if n < 1:
         raise OpcdError("the number of test environments must be >= 1")
     rollout = RolloutConfig(temperature=0.0, max_new_tokens=max_new_tokens, batch_size=32)
-    episodes = play(model, tokenizer, renderer, game, list(range(n)), rollout, dtype, 0, context)
+    episodes = play(model, tokenizer, renderer, game, list(range(first, first + n)), rollout, dtype, 0, context)
     return sum(e.success for e in episodes) / n, episodes

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 
@@ -348,6 +349,56 @@ def test_a_refusal_inside_a_consolidation_run_comes_back_as_one_line(tiny_model,
     cfg = _consolidation_config("math", tiny_model, math_files, folder, **{"loss.min_kl": 1e9})
     with pytest.raises(OpcdError, match="^step 1: the student without the context is already within"):
         consolidate(cfg, Plan(methods=("opcd",), seeds=(0,), test_n=2, ood=False), progress=False)
+
+
+@pytest.mark.parametrize("task", ["math", "frozenlake"])
+def test_consolidation_can_report_the_checkpoint_best_on_validation(task, tiny_model, math_files, tmp_path):
+    from opcd.consolidate import Plan, consolidate
+
+    folder = tmp_path / "exp"
+    _write_seed(folder, 0, [["Add the ones first."]], validation=0.5)
+    cfg = _consolidation_config(task, tiny_model, math_files, folder, **{"train.steps": 3})
+    plan = Plan(methods=("opcd",), seeds=(0,), test_n=2, ood=False, checkpoint="validation")
+    results = consolidate(cfg, plan, progress=False)
+    assert results["checkpoint"]["rule"].startswith("best on validation")
+    assert "checkpoint: best on validation" in (folder / "consolidate" / "results-best.md").read_text()
+    [run] = (folder / "consolidate").glob("context-*/opcd-seed0-by-validation")
+    cell = json.loads((run / "results.json").read_text())["checkpoint"]
+    rates = {int(s): r for s, r in cell["validation_rates"].items()}
+    assert sorted(rates) == [2, 3]  # every 2 steps (the paper's setting, save_every was 0) and the last
+    assert cell["step"] == max(rates, key=lambda s: (rates[s], s)) == results["checkpoint"]["steps"]["0/opcd/seed0"]
+    assert not (run / "checkpoints").exists()
+
+
+def test_checkpoint_selection_on_games_takes_the_best_and_the_later_of_a_tie(tmp_path):
+    from opcd.consolidate import Plan, _game_checkpoint
+    from opcd.episodes import VALIDATION_SEEDS
+
+    for step in (2, 4, 6):
+        (tmp_path / "checkpoints" / f"step-{step:06d}" / "model").mkdir(parents=True)
+    cfg = load_config(None, ["experience.task=frozenlake", "experience.validation_max=5"])
+    scores, calls = {"step-000002": 0.4, "step-000004": 0.4, "step-000006": 0.2}, []
+
+    def rate(model: str, with_context: bool, first: int, n: int) -> dict:
+        calls.append((model, with_context, first, n))
+        return {"rate": scores[Path(model).parent.name]}
+
+    step, path, selection = _game_checkpoint(tmp_path, cfg, Plan(checkpoint="validation"), {}, rate)
+    assert step == 4 and path.name == "step-000004" and selection["validation_rates"] == {2: 0.4, 4: 0.4, 6: 0.2}
+    assert {c[1:] for c in calls} == {(False, VALIDATION_SEEDS, 5)}  # without context, on validation environments
+    _game_checkpoint(tmp_path, cfg, Plan(checkpoint="validation"), {}, rate)
+    assert len(calls) == 3  # scores are kept: a rerun does not play again
+    assert _game_checkpoint(tmp_path, cfg, Plan(), {}, rate)[0] == 6
+
+
+def test_checkpoint_selection_needs_a_validation_split(tiny_model, math_files, tmp_path):
+    from opcd.consolidate import Plan, consolidate
+
+    folder = tmp_path / "exp"
+    _write_seed(folder, 0, [["Add the ones first."]], validation=0.5)
+    cfg = _consolidation_config("math", tiny_model, math_files, folder, **{"experience.validation_max": 0})
+    with pytest.raises(OpcdError, match="^--checkpoint validation scores every checkpoint on the validation split"):
+        consolidate(cfg, Plan(checkpoint="validation", seeds=(0,), test_n=2, ood=False), progress=False)
 
 
 def test_a_consolidation_run_killed_for_memory_is_named_as_such(tmp_path):
