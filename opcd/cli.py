@@ -89,12 +89,14 @@ def _experience_consolidate(args) -> None:
 
 def _experience_run(args) -> None:
     from opcd.config import load_config
-    from opcd.consolidate import consolidate, table
+    from opcd.consolidate import check_plan, consolidate, table
     from opcd.experience import extract
 
     cfg = load_config(args.config, args.overrides)
+    plan = _consolidate_plan(args)
+    check_plan(cfg, plan)  # before hours of extraction
     extract(cfg)
-    print(table(consolidate(cfg, _consolidate_plan(args))))
+    print(table(consolidate(cfg, plan)))
 
 
 def _add_selection_args(p, consolidating: bool) -> None:

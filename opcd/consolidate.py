@@ -190,13 +190,16 @@ def _game_checkpoint(run: Path, cfg: Config, plan: Plan, key: dict, rate) -> tup
     from opcd.episodes import VALIDATION_SEEDS
 
     found = list_checkpoints(run)
+    if not found:
+        raise OpcdError(f"{run} has no checkpoint to evaluate")
     if plan.checkpoint == "last":
         step, path = found[-1]
         return step, path, {"rule": "last checkpoint"}
     n = cfg.experience.validation_max
     rates = {}
     for step, path in found:
-        at = {**key, "checkpoint": str(path), "mtime": (path / "model").stat().st_mtime, "validation": n}
+        at = {k: v for k, v in key.items() if k != "n"} | {"first": VALIDATION_SEEDS, "n": n}
+        at |= {"checkpoint": str(path), "mtime": (path / "model").stat().st_mtime}
         rates[step] = _cached(
             run / "eval", f"validation-{step}", at, lambda p=path: rate(str(p / "model"), False, VALIDATION_SEEDS, n)
         )["rate"]
@@ -338,23 +341,13 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
-def consolidate(cfg: Config, plan: Plan, progress: bool = True) -> dict:
-    """Select, distill every (context, method, seed), and write the comparison table."""
-    began = time.time()
+def check_plan(cfg: Config, plan: Plan) -> None:
+    """Refuse a plan that cannot run, before any extraction or training."""
+    from opcd.episodes import VALIDATION_SEEDS
+
     e = cfg.experience
-    folder = Path(e.dir) / "consolidate"
-    pool = load_pool(Path(e.dir), e.token_budget)
     if plan.test_n < 1 or not plan.seeds or not plan.methods:
         raise OpcdError("consolidation needs --test-n >= 1, at least one training seed and one method")
-    chosen = select(pool, plan.selection, plan.count, plan.selection_seed)
-    none = Path(e.dir) / NO_CONTEXT
-    if plan.selection == "best" and none.exists() and progress:
-        without = read_json(none)["validation"]
-        if chosen[0].validation <= without:
-            print(
-                f"opcd: warning: the best context scores {chosen[0].validation:.1%} on validation, no context "
-                f"{without:.1%}: this experience does not help the model that extracted it, so distilling it may not"
-            )
     for method in plan.methods:
         if method not in METHODS:
             raise OpcdError(f"unknown method '{method}': use {' or '.join(METHODS)}")
@@ -365,6 +358,26 @@ def consolidate(cfg: Config, plan: Plan, progress: bool = True) -> dict:
             "--checkpoint validation scores every checkpoint on the validation split: set experience.validation "
             "(math) and experience.validation_max >= 1"
         )
+    if e.task != "math" and plan.test_n > VALIDATION_SEEDS:
+        raise OpcdError(f"--test-n {plan.test_n} reaches the validation environments ({VALIDATION_SEEDS}+): use fewer")
+
+
+def consolidate(cfg: Config, plan: Plan, progress: bool = True) -> dict:
+    """Select, distill every (context, method, seed), and write the comparison table."""
+    began = time.time()
+    e = cfg.experience
+    folder = Path(e.dir) / "consolidate"
+    check_plan(cfg, plan)
+    pool = load_pool(Path(e.dir), e.token_budget)
+    chosen = select(pool, plan.selection, plan.count, plan.selection_seed)
+    none = Path(e.dir) / NO_CONTEXT
+    if plan.selection == "best" and none.exists() and progress:
+        without = read_json(none)["validation"]
+        if chosen[0].validation <= without:
+            print(
+                f"opcd: warning: the best context scores {chosen[0].validation:.1%} on validation, no context "
+                f"{without:.1%}: this experience does not help the model that extracted it, so distilling it may not"
+            )
     suffix = "" if plan.checkpoint == "last" else "-by-validation"  # other checkpoints kept: another run
     cells: dict[tuple[int, str, int], dict] = {}
     for n, candidate in enumerate(chosen):
@@ -374,6 +387,12 @@ def consolidate(cfg: Config, plan: Plan, progress: bool = True) -> dict:
                 cell = run_config(cfg, candidate.context, method, seed, run_dir, plan.checkpoint)
                 cells[n, method, seed] = _run_cell(cell, plan, folder, progress)
     first = next(iter(cells.values()))
+    rules = {r["checkpoint"]["rule"] for r in cells.values()}
+    if plan.checkpoint == "validation" and len(rules) > 1:  # a rerun after experience.validation* changed
+        raise OpcdError(
+            f"the runs under {folder} chose their checkpoints on different validation splits ({'; '.join(rules)}): "
+            "delete the *-by-validation runs made with the old split, or use another experience.dir"
+        )
     base = first["rates"]["Base, without the prompt"]
     in_context = {
         n: cells[n, plan.methods[0], plan.seeds[0]]["rates"]["In-context: base with the prompt"]
@@ -402,7 +421,7 @@ def consolidate(cfg: Config, plan: Plan, progress: bool = True) -> dict:
         "test": first["test"],
         "seeds": list(plan.seeds),
         "checkpoint": {
-            "rule": first["checkpoint"]["rule"],
+            "rule": "last checkpoint" if plan.checkpoint == "last" else first["checkpoint"]["rule"],
             "steps": {f"{n}/{m}/seed{s}": r["checkpoint"]["step"] for (n, m, s), r in cells.items()},
         },
         "base": base,
@@ -413,9 +432,10 @@ def consolidate(cfg: Config, plan: Plan, progress: bool = True) -> dict:
         "seconds": time.time() - began,
         "runs": {f"{n}/{m}/seed{s}": r["run_dir"] for (n, m, s), r in cells.items()},
     }
-    write_atomic(folder / f"results-{plan.selection}.json", json.dumps(results, indent=1))
-    write_atomic(folder / f"results-{plan.selection}.md", table(results))
-    _plot(results, folder / f"results-{plan.selection}.png")
+    name = f"results-{plan.selection}{suffix}"  # each rule keeps its own table
+    write_atomic(folder / f"{name}.json", json.dumps(results, indent=1))
+    write_atomic(folder / f"{name}.md", table(results))
+    _plot(results, folder / f"{name}.png")
     return results
 
 

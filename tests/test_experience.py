@@ -4,6 +4,7 @@ extraction / game rollouts / game training on a tiny random model."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -361,7 +362,7 @@ def test_consolidation_can_report_the_checkpoint_best_on_validation(task, tiny_m
     plan = Plan(methods=("opcd",), seeds=(0,), test_n=2, ood=False, checkpoint="validation")
     results = consolidate(cfg, plan, progress=False)
     assert results["checkpoint"]["rule"].startswith("best on validation")
-    assert "checkpoint: best on validation" in (folder / "consolidate" / "results-best.md").read_text()
+    assert "checkpoint: best on validation" in (folder / "consolidate" / "results-best-by-validation.md").read_text()
     [run] = (folder / "consolidate").glob("context-*/opcd-seed0-by-validation")
     cell = json.loads((run / "results.json").read_text())["checkpoint"]
     rates = {int(s): r for s, r in cell["validation_rates"].items()}
@@ -388,7 +389,28 @@ def test_checkpoint_selection_on_games_takes_the_best_and_the_later_of_a_tie(tmp
     assert {c[1:] for c in calls} == {(False, VALIDATION_SEEDS, 5)}  # without context, on validation environments
     _game_checkpoint(tmp_path, cfg, Plan(checkpoint="validation"), {}, rate)
     assert len(calls) == 3  # scores are kept: a rerun does not play again
+    (tmp_path / "checkpoints" / "step-000002" / "model").rmdir()  # rewritten (a rerun from scratch): scored again
+    (tmp_path / "checkpoints" / "step-000002" / "model").mkdir()
+    os.utime(tmp_path / "checkpoints" / "step-000002" / "model", (1, 1))
+    _game_checkpoint(tmp_path, cfg, Plan(checkpoint="validation"), {}, rate)
+    assert len(calls) == 4
     assert _game_checkpoint(tmp_path, cfg, Plan(), {}, rate)[0] == 6
+
+
+def test_game_success_is_measured_on_the_environments_asked_for(monkeypatch):
+    import opcd.episodes as episodes
+
+    played = []
+
+    def play(model, tokenizer, renderer, game, seeds, rollout, dtype, seed, context=None):
+        played.append(seeds)
+        return [episodes.Episode(seed=s, turns=[], success=s % 2 == 0) for s in seeds]
+
+    monkeypatch.setattr(episodes, "play", play)
+    rate, _ = episodes.success_rate(None, None, None, "frozenlake", 3, 8, "fp32", first=episodes.VALIDATION_SEEDS)
+    assert played == [[50_000, 50_001, 50_002]] and rate == 2 / 3
+    episodes.success_rate(None, None, None, "frozenlake", 2, 8, "fp32")
+    assert played[-1] == [0, 1]  # the test environments
 
 
 def test_checkpoint_selection_needs_a_validation_split(tiny_model, math_files, tmp_path):
@@ -396,9 +418,15 @@ def test_checkpoint_selection_needs_a_validation_split(tiny_model, math_files, t
 
     folder = tmp_path / "exp"
     _write_seed(folder, 0, [["Add the ones first."]], validation=0.5)
-    cfg = _consolidation_config("math", tiny_model, math_files, folder, **{"experience.validation_max": 0})
-    with pytest.raises(OpcdError, match="^--checkpoint validation scores every checkpoint on the validation split"):
-        consolidate(cfg, Plan(checkpoint="validation", seeds=(0,), test_n=2, ood=False), progress=False)
+    for missing in ({"experience.validation_max": 0}, {"experience.validation": ""}):
+        cfg = _consolidation_config("math", tiny_model, math_files, folder, **missing)
+        with pytest.raises(OpcdError, match="^--checkpoint validation scores every checkpoint on the validation"):
+            consolidate(cfg, Plan(checkpoint="validation", seeds=(0,), test_n=2, ood=False), progress=False)
+    # the whole pipeline refuses it before extracting anything
+    config = tmp_path / "run.toml"
+    config.write_text(f'[experience]\ndir = "{tmp_path / "never"}"\nvalidation_max = 0\n')
+    assert main(["experience", "run", str(config), "--checkpoint", "validation"]) == 2
+    assert not (tmp_path / "never").exists()
 
 
 def test_a_consolidation_run_killed_for_memory_is_named_as_such(tmp_path):
