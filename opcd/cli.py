@@ -76,6 +76,7 @@ def _consolidate_plan(args):
         test_n=args.test_n,
         ood=not args.no_ood,
         checkpoint=args.checkpoint,
+        out=args.out,
     )
 
 
@@ -116,6 +117,12 @@ def _add_selection_args(p, consolidating: bool) -> None:
             default="last",
             help="report the last checkpoint, or the best on the validation split (the paper's rule, but chosen on "
             "validation, not test; checkpoints every train.save_every steps, 2 where that is 0)",
+        )
+        p.add_argument(
+            "--out",
+            default="",
+            help="folder for the runs and the table (default DIR/consolidate); another one keeps runs with other "
+            "settings (a longer budget, another lr) beside the first",
         )
 
 

@@ -43,6 +43,7 @@ class Plan:
     test_n: int = 40  # math: GSM8K test problems; games: test environments 0..N-1
     ood: bool = True  # instruction following (IF-Eval style), base and students
     checkpoint: str = "last"  # last | validation: the best checkpoint on the experience's validation split
+    out: str = ""  # where runs and tables go ("" = DIR/consolidate): other settings beside the first ones
 
 
 CHECKPOINT_RULES = ("last", "validation")
@@ -239,8 +240,8 @@ def _run_cell(cfg: Config, plan: Plan, folder: Path, progress: bool) -> dict:
         changed = _changed(load_config(run / "config.toml", []).to_dict(), cfg.to_dict())
         if changed:
             raise OpcdError(
-                f"{run} holds a run with other settings ({', '.join(changed)}): delete it, or use another "
-                "experience.dir"
+                f"{run} holds a run with other settings ({', '.join(changed)}): delete it, or put the new runs "
+                "beside it with --out"
             )
     if not done.is_file():
         (run / ERROR).unlink(missing_ok=True)
@@ -366,7 +367,7 @@ def consolidate(cfg: Config, plan: Plan, progress: bool = True) -> dict:
     """Select, distill every (context, method, seed), and write the comparison table."""
     began = time.time()
     e = cfg.experience
-    folder = Path(e.dir) / "consolidate"
+    folder = Path(plan.out) if plan.out else Path(e.dir) / "consolidate"
     check_plan(cfg, plan)
     pool = load_pool(Path(e.dir), e.token_budget)
     chosen = select(pool, plan.selection, plan.count, plan.selection_seed)

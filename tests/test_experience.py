@@ -340,6 +340,10 @@ def test_consolidation_runs_every_method_and_writes_the_table(task, tiny_model, 
     )
     with pytest.raises(OpcdError, match=r"holds a run with other settings \(train.lr\)"):
         consolidate(changed, Plan(selection="best", seeds=(0,), test_n=2, ood=False), progress=False)
+    beside = consolidate(changed, Plan(seeds=(0,), test_n=2, ood=False, out=str(tmp_path / "lr")), progress=False)
+    assert beside["base"] == again["base"] and (tmp_path / "lr" / "results-best.md").is_file()
+    [run] = (tmp_path / "lr").glob("context-*/opcd-seed0/config.toml")
+    assert load_config(run, []).train.lr == 1e-3  # the first runs stay as they were
 
 
 def test_a_refusal_inside_a_consolidation_run_comes_back_as_one_line(tiny_model, math_files, tmp_path):
