@@ -23,7 +23,16 @@ from pathlib import Path
 
 from opcd import models
 from opcd.config import Config, DataConfig
-from opcd.distill import METHOD_NAMES, OOD_DEFAULT, EvalPlan, _cached, distill_prompt, evaluate_ood, write_atomic
+from opcd.distill import (
+    METHOD_NAMES,
+    OOD_DEFAULT,
+    EvalPlan,
+    _cached,
+    best_checkpoint,
+    distill_prompt,
+    evaluate_ood,
+    write_atomic,
+)
 from opcd.errors import OpcdError
 from opcd.experience import NO_CONTEXT, WRAPPERS, Candidate, greedy, load_pool, read_json, select, template
 
@@ -197,16 +206,17 @@ def _game_checkpoint(run: Path, cfg: Config, plan: Plan, key: dict, rate) -> tup
         step, path = found[-1]
         return step, path, {"rule": "last checkpoint"}
     n = cfg.experience.validation_max
-    rates = {}
-    for step, path in found:
-        at = {k: v for k, v in key.items() if k != "n"} | {"first": VALIDATION_SEEDS, "n": n}
+
+    def score(step: int, path: Path) -> float:
+        at = {**key, "first": VALIDATION_SEEDS, "n": n}  # the test count in `key` is replaced
         at |= {"checkpoint": str(path), "mtime": (path / "model").stat().st_mtime}
-        rates[step] = _cached(
-            run / "eval", f"validation-{step}", at, lambda p=path: rate(str(p / "model"), False, VALIDATION_SEEDS, n)
+        return _cached(
+            run / "eval", f"validation-{step}", at, lambda: rate(str(path / "model"), False, VALIDATION_SEEDS, n)
         )["rate"]
-    best = max(rates, key=lambda s: (rates[s], s))
+
+    best, path, rates = best_checkpoint(found, score)
     where = f"environments {VALIDATION_SEEDS}..{VALIDATION_SEEDS + n - 1}"
-    return best, dict(found)[best], {"rule": f"best on validation ({n} {where})", "validation_rates": rates}
+    return best, path, {"rule": f"best on validation ({n} {where})", "validation_rates": rates}
 
 
 ERROR = "error.txt"
@@ -392,7 +402,7 @@ def consolidate(cfg: Config, plan: Plan, progress: bool = True) -> dict:
     if plan.checkpoint == "validation" and len(rules) > 1:  # a rerun after experience.validation* changed
         raise OpcdError(
             f"the runs under {folder} chose their checkpoints on different validation splits ({'; '.join(rules)}): "
-            "delete the *-by-validation runs made with the old split, or use another experience.dir"
+            "delete the *-by-validation runs made with the old split, or put the new ones beside them with --out"
         )
     base = first["rates"]["Base, without the prompt"]
     in_context = {

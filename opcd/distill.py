@@ -117,6 +117,13 @@ def _validation_data(cfg: Config, plan: EvalPlan) -> DataConfig:
     return DataConfig(**{**asdict(cfg.data), "prompts": plan.validation_prompts, "max_prompts": plan.validation_max})
 
 
+def best_checkpoint(found: list[tuple[int, Path]], score) -> tuple[int, Path, dict[int, float]]:
+    """The checkpoint with the best `score(step, path)` (ties: the later one), and every checkpoint's score."""
+    rates = {step: score(step, path) for step, path in found}
+    best = max(rates, key=lambda s: (rates[s], s))
+    return best, dict(found)[best], rates
+
+
 def _select(run: Path, cfg: Config, plan: EvalPlan, renderer, scorer, held_out) -> tuple[int, Path, dict]:
     """The checkpoint to report: the last, or the best on the validation prompts (ties: the later one)."""
     found = list_checkpoints(run)
@@ -126,8 +133,8 @@ def _select(run: Path, cfg: Config, plan: EvalPlan, renderer, scorer, held_out) 
         step, path = found[-1]
         return step, path, {"rule": "last checkpoint (no validation split given)"}
     validation = load_examples(_validation_data(cfg, plan))
-    rates = {}
-    for step, path in found:
+
+    def score(step: int, path: Path) -> float:
         key = {
             "model": str(path),
             "mtime": (path / "model").stat().st_mtime,
@@ -137,23 +144,23 @@ def _select(run: Path, cfg: Config, plan: EvalPlan, renderer, scorer, held_out) 
             "scorer": plan.scorer,
             "rollout": asdict(plan.rollout),
         }
-        rates[step] = _cached(
+        return _cached(
             run / "eval",
             f"validation-{step}",
             key,
-            lambda p=path, s=step: evaluate_model(
-                str(p / "model"),
+            lambda: evaluate_model(
+                str(path / "model"),
                 cfg,
                 plan,
                 renderer,
                 validation,
                 scorer,
                 with_context=False,
-                label=f"validation step {s}",
+                label=f"validation step {step}",
             )["test"]["rate"],
         )
-    best = max(rates, key=lambda s: (rates[s], s))
-    path = dict(found)[best]
+
+    best, path, rates = best_checkpoint(found, score)
     return (
         best,
         path,
