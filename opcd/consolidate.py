@@ -478,6 +478,16 @@ def table(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _bars(ax, names: list[str], series: list[list[float]], colors: list[str]) -> None:
+    """Mean ± standard deviation (over seeds) of each series, in percent, on a 0-100 axis."""
+    means = [100 * statistics.mean(v) for v in series]
+    errs = [100 * statistics.stdev(v) if len(v) > 1 else 0 for v in series]
+    ax.bar(names, means, yerr=errs, capsize=4, color=colors)
+    ax.set_ylim(0, 100)
+    for x, (m, e) in enumerate(zip(means, errs, strict=True)):
+        ax.text(x, m + e + 2, f"{m:.1f}", ha="center", fontsize=8)
+
+
 def _plot(r: dict, path: Path) -> None:
     import matplotlib
 
@@ -494,12 +504,24 @@ def _plot(r: dict, path: Path) -> None:
         + ([r["teacher_in_context"]] if r["teacher_in_context"] else [])
         + list(r["students"].values())
     )
-    means = [100 * statistics.mean(v) for v in series]
-    errs = [100 * statistics.stdev(v) if len(v) > 1 else 0 for v in series]
-    fig, ax = plt.subplots(figsize=(6.5, 3.6))
-    ax.bar(names, means, yerr=errs, capsize=4, color=["#999", "#4a90d9", "#7fb069", "#e07b39", "#c84c4c"][: len(names)])
-    ax.set_ylabel(("accuracy" if r["task"] == "math" else "success") + " (%)")
-    ax.set_title(f"{r['task']}: experience consolidated into {r['student']}")
+    ood = r.get("ood") or {}
+    fig, axes = plt.subplots(1, 2 if ood else 1, figsize=(10, 3.8) if ood else (6.5, 3.8), squeeze=False)
+    colors = ["#999", "#4a90d9", "#7fb069", "#e07b39", "#c84c4c"][: len(names)]
+    student_color = dict(zip(r["students"], colors[len(names) - len(r["students"]) :], strict=True))
+    _bars(axes[0][0], names, series, colors)
+    axes[0][0].set_ylabel(("accuracy" if r["task"] == "math" else "success") + " (%)")
+    axes[0][0].set_title(f"{r['task']} test", fontsize=10)
+    if ood:
+        methods = [m for m in r["students"] if m in ood]
+        _bars(
+            axes[0][1],
+            ["Base"] + [LABELS[m] for m in methods],
+            [[ood["base"]]] + [ood[m] for m in methods],
+            [colors[0]] + [student_color[m] for m in methods],
+        )
+        axes[0][1].set_ylabel("prompt-level strict (%)")
+        axes[0][1].set_title("out of distribution: instruction following", fontsize=10)
+    fig.suptitle(f"Experience consolidated into {r['student']}", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

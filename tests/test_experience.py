@@ -462,3 +462,34 @@ def test_per_prompt_contexts_come_with_a_training_config(tiny_model, math_files,
     train_cfg = load_config(out.with_suffix(".toml"))
     assert train_cfg.data.prompts == str(out) and train_cfg.data.placement == "user"
     assert "# Experience" in train_cfg.data.user_template and train_cfg.loss.mode == "opcd"
+
+
+def test_the_results_plot_shows_scores_on_a_percent_axis_with_instruction_following_beside(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from opcd import consolidate
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to look at it
+    result = {
+        "task": "frozenlake",
+        "student": "tiny",
+        "base": 0.0,
+        "in_context": [0.0],
+        "teacher_in_context": [],
+        "students": {"offpolicy": [0.0, 0.0], "opcd": [0.0, 0.0]},
+        "ood": {"base": 0.467, "offpolicy": [0.358, 0.358], "opcd": [0.442, 0.375]},
+    }
+    consolidate._plot(result, tmp_path / "with-ood.png")
+    scores, ood = figures[-1].axes
+    assert scores.get_ylim() == (0, 100) and ood.get_ylim() == (0, 100)  # all zeros stay a flat line at 0 %
+    assert [t.get_text() for t in scores.get_xticklabels()] == ["Base", "In-Context", "Off-policy CD", "OPCD"]
+    assert [t.get_text() for t in ood.get_xticklabels()] == ["Base", "Off-policy CD", "OPCD"]
+    assert [t.get_text() for t in ood.texts] == ["46.7", "35.8", "40.8"]
+    opcd_colour = scores.patches[3].get_facecolor()
+    assert ood.patches[2].get_facecolor() == opcd_colour  # a method keeps its colour in both panels
+    consolidate._plot({**result, "ood": {}}, tmp_path / "without.png")
+    assert len(figures[-1].axes) == 1 and (tmp_path / "without.png").stat().st_size > 0
