@@ -42,8 +42,9 @@ def child(setting: str, tokens: int, rounds: int) -> None:
     import torch
 
     from opcd import models
-    from opcd.config import RolloutConfig
+    from opcd.config import DataConfig, RolloutConfig
     from opcd.data import read_jsonl, resolve_path
+    from opcd.prompts import PromptRenderer
     from opcd.rollout import HFSampler, eos_ids
 
     models.limit_heap_growth()  # as every opcd command does (a no-op under OPCD_KEEP_MALLOC=1)
@@ -51,12 +52,9 @@ def child(setting: str, tokens: int, rounds: int) -> None:
     name = "qwen2.5-coder-0.5b-instruct"
     tokenizer = models.load_tokenizer(name)
     model = models.load_model(name, "fp32")
+    renderer = PromptRenderer(tokenizer, DataConfig())  # the plain chat template, as the student sees prompts
     rows = [row for _, row in read_jsonl(resolve_path("opcd:gsm8k_test"))][:8]
-    prompts = [
-        tokenizer.apply_chat_template([{"role": "user", "content": r["prompt"]}], add_generation_prompt=True)
-        for r in rows
-    ]
-    prompts = [p if isinstance(p, list) else p["input_ids"] for p in prompts]
+    prompts = [renderer.student_ids([{"role": "user", "content": r["prompt"]}]) for r in rows]
     rollout = RolloutConfig(temperature=0.6, max_new_tokens=tokens)
     sampler = HFSampler(model, rollout, eos_ids(tokenizer, model), tokenizer.pad_token_id, "bf16")
     sampler.config.cache_implementation = SETTINGS[setting]["cache"]
