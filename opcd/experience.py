@@ -519,6 +519,7 @@ def plot_stairs(folder: Path) -> Path | None:
         ax.axhline(100 * base, color="grey", ls=":", label="no context")
     ax.set_xlabel("experience items accumulated (the oldest drop out over the token budget)")
     ax.set_ylabel("validation accuracy with the context (%)")
+    ax.set_ylim(-2, 102)  # the whole scale: one validation problem of 16 (6 %) must not look like a collapse
     ax.set_title("Accumulated experience")
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -87,6 +87,28 @@ def _write_seed(folder, seed, item_lists, **kw):
     write_records(seed_file(folder, seed), [_record(seed, k, items, **kw) for k, items in enumerate(item_lists, 1)])
 
 
+def test_the_stairs_plot_draws_each_seed_on_the_whole_percent_scale(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from opcd.experience import NO_CONTEXT, plot_stairs
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to look at it
+    _write_seed(tmp_path, 0, [["a", "b"], ["a", "b", "c"]], validation=0.0)
+    _write_seed(tmp_path, 1, [["x"]], validation=0.0625)
+    (tmp_path / NO_CONTEXT).write_text(json.dumps({"validation": 0.0625}))
+    assert plot_stairs(tmp_path) == tmp_path / "stairs.png" and (tmp_path / "stairs.png").stat().st_size > 0
+    ax = figures[-1].axes[0]
+    assert ax.get_ylim() == (-2, 102)  # 0 against 1 of 16 stays a small step, not the whole panel
+    seed0, seed1, no_context = ax.get_lines()
+    assert list(seed0.get_xdata()) == [0, 2, 3] and list(seed0.get_ydata()) == [6.25, 0.0, 0.0]  # starts at no context
+    assert list(seed1.get_xdata()) == [0, 1] and list(no_context.get_ydata()) == [6.25, 6.25]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["seed 0", "seed 1", "no context"]
+
+
 def test_seed_files_round_trip_and_bad_lines_are_named(tmp_path):
     path = seed_file(tmp_path, 0)
     records = [_record(0, 1, ["a"]), _record(0, 2, ["a", "b"])]
