@@ -87,21 +87,27 @@ def _write_seed(folder, seed, item_lists, **kw):
     write_records(seed_file(folder, seed), [_record(seed, k, items, **kw) for k, items in enumerate(item_lists, 1)])
 
 
-def test_the_stairs_plot_draws_each_seed_on_the_whole_percent_scale(tmp_path, monkeypatch):
+@pytest.fixture
+def kept_figures(monkeypatch):
+    """The figures a plot function closes, kept open to look at."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    return figures
+
+
+def test_the_stairs_plot_draws_each_seed_on_the_whole_percent_scale(tmp_path, kept_figures):
     from opcd.experience import NO_CONTEXT, plot_stairs
 
-    figures = []
-    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to look at it
     _write_seed(tmp_path, 0, [["a", "b"], ["a", "b", "c"]], validation=0.0)
     _write_seed(tmp_path, 1, [["x"]], validation=0.0625)
     (tmp_path / NO_CONTEXT).write_text(json.dumps({"validation": 0.0625}))
     assert plot_stairs(tmp_path) == tmp_path / "stairs.png" and (tmp_path / "stairs.png").stat().st_size > 0
-    ax = figures[-1].axes[0]
+    ax = kept_figures[-1].axes[0]
     assert ax.get_ylim() == (-2, 102)  # 0 against 1 of 16 stays a small step, not the whole panel
     seed0, seed1, no_context = ax.get_lines()
     assert list(seed0.get_xdata()) == [0, 2, 3] and list(seed0.get_ydata()) == [6.25, 0.0, 0.0]  # starts at no context
@@ -486,16 +492,9 @@ def test_per_prompt_contexts_come_with_a_training_config(tiny_model, math_files,
     assert "# Experience" in train_cfg.data.user_template and train_cfg.loss.mode == "opcd"
 
 
-def test_the_results_plot_shows_scores_on_a_percent_axis_with_instruction_following_beside(tmp_path, monkeypatch):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def test_the_results_plot_shows_scores_on_a_percent_axis_with_instruction_following_beside(tmp_path, kept_figures):
     from opcd import consolidate
 
-    figures = []
-    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to look at it
     result = {
         "task": "frozenlake",
         "student": "tiny",
@@ -506,7 +505,7 @@ def test_the_results_plot_shows_scores_on_a_percent_axis_with_instruction_follow
         "ood": {"base": 0.467, "offpolicy": [0.358, 0.358], "opcd": [0.442, 0.375]},
     }
     consolidate._plot(result, tmp_path / "with-ood.png")
-    scores, ood = figures[-1].axes
+    scores, ood = kept_figures[-1].axes
     assert scores.get_ylim() == (0, 100) and ood.get_ylim() == (0, 100)  # all zeros stay a flat line at 0 %
     assert [t.get_text() for t in scores.get_xticklabels()] == ["Base", "In-Context", "Off-policy CD", "OPCD"]
     assert [t.get_text() for t in ood.get_xticklabels()] == ["Base", "Off-policy CD", "OPCD"]
@@ -514,4 +513,4 @@ def test_the_results_plot_shows_scores_on_a_percent_axis_with_instruction_follow
     opcd_colour = scores.patches[3].get_facecolor()
     assert ood.patches[2].get_facecolor() == opcd_colour  # a method keeps its colour in both panels
     consolidate._plot({**result, "ood": {}}, tmp_path / "without.png")
-    assert len(figures[-1].axes) == 1 and (tmp_path / "without.png").stat().st_size > 0
+    assert len(kept_figures[-1].axes) == 1 and (tmp_path / "without.png").stat().st_size > 0
