@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from opcd.config import Config, load_config, save_config, validate
 from opcd.errors import OpcdError
+from opcd.models import PACKAGED
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_defaults_follow_the_paper_except_the_exact_estimator():
@@ -82,3 +86,14 @@ def test_readme_documents_every_config_key():
         assert f"**[{section.name}]**" in readme
         for key in dataclasses.fields(section.default_factory()):
             assert f"`{key.name}`" in readme, f"README's configuration reference misses {section.name}.{key.name}"
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in (ROOT / "configs").glob("*.toml")))
+def test_every_shipped_config_loads_and_names_packaged_models(path):
+    cfg = load_config(ROOT / "configs" / path)
+    if not path.startswith("experience"):  # the experience pipeline fills data.prompts itself
+        validate(cfg)
+    names = [cfg.model.student] + [n for n in (cfg.model.teacher, cfg.experience.model) if n not in ("frozen", "")]
+    assert all(n in PACKAGED for n in names), names  # the README's commands run here, with no hub
+    if cfg.model.teacher != "frozen" and path.startswith("experience"):
+        assert cfg.experience.model == cfg.model.teacher  # cross-size: the teacher reads its own experience
