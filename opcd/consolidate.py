@@ -133,8 +133,9 @@ def distill_game(cfg: Config, plan: Plan, folder: Path, progress: bool = True) -
         "wrapper": cfg.data.user_template,
     }
 
-    def rate(model_path: str, with_context: bool, first: int = 0, n: int = plan.test_n) -> dict:
+    def rate(model_path: str, with_context: bool, first: int = 0, n: int = plan.test_n, who: str = "") -> dict:
         model = models.load_model(model_path, cfg.model.dtype, cfg.model.device)
+        boards = "validation" if first else "test"
         r, episodes = success_rate(
             model,
             tokenizer,
@@ -145,14 +146,18 @@ def distill_game(cfg: Config, plan: Plan, folder: Path, progress: bool = True) -
             cfg.model.dtype,
             context if with_context else None,
             first,
+            desc=f"{who}, {n} {boards} boards" if progress else None,
         )
         return {"rate": r, "n": n, "turns": sum(len(x.turns) for x in episodes) / len(episodes)}
 
     base_dir = folder / "base"
     base = {
-        "without": _cached(base_dir, "game-base", key, lambda: rate(cfg.model.student, False)),
+        "without": _cached(base_dir, "game-base", key, lambda: rate(cfg.model.student, False, who="base")),
         "with": _cached(
-            base_dir, "game-in-context", {**key, "context": context}, lambda: rate(cfg.model.student, True)
+            base_dir,
+            "game-in-context",
+            {**key, "context": context},
+            lambda: rate(cfg.model.student, True, who="in-context"),
         ),
     }
     ood_plan = EvalPlan(scorer=("number",), ood=_ood_suites(plan))
@@ -161,7 +166,9 @@ def distill_game(cfg: Config, plan: Plan, folder: Path, progress: bool = True) -
     run = train(cfg, resume=True, progress=progress)
     step, path, selection = _game_checkpoint(run, cfg, plan, key, rate)
     student_key = {**key, "checkpoint": str(path), "mtime": (path / "model").stat().st_mtime}
-    student = _cached(run / "eval", "game-student", student_key, lambda: rate(str(path / "model"), False))
+    student = _cached(
+        run / "eval", "game-student", student_key, lambda: rate(str(path / "model"), False, who="student")
+    )
     student_ood = _cached(
         run / "eval",
         "student-ood",
@@ -211,7 +218,10 @@ def _game_checkpoint(run: Path, cfg: Config, plan: Plan, key: dict, rate) -> tup
         at = {**key, "first": VALIDATION_SEEDS, "n": n}  # the test count in `key` is replaced
         at |= {"checkpoint": str(path), "mtime": (path / "model").stat().st_mtime}
         return _cached(
-            run / "eval", f"validation-{step}", at, lambda: rate(str(path / "model"), False, VALIDATION_SEEDS, n)
+            run / "eval",
+            f"validation-{step}",
+            at,
+            lambda: rate(str(path / "model"), False, VALIDATION_SEEDS, n, who=f"step {step}"),
         )["rate"]
 
     best, path, rates = best_checkpoint(found, score)
@@ -332,6 +342,7 @@ def _teacher_in_context(cfg: Config, plan: Plan, folder: Path, contexts: list[Ca
                     cfg.experience.eval_tokens,
                     cfg.model.dtype,
                     c.context,
+                    desc=f"teacher with its experience, {plan.test_n} test boards",
                 )[0]
 
             rates.append(_cached(folder / "base", "teacher-in-context", key, measure))

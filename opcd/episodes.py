@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tqdm.auto import tqdm
+
 from opcd.config import DataConfig, RolloutConfig
 from opcd.errors import OpcdError
 from opcd.games import make_game, parse_action
@@ -73,17 +75,21 @@ def play(
     dtype: str,
     sample_seed: int = 0,
     context: str | None = None,
+    desc: str | None = None,
 ) -> list[Episode]:
-    """Play one episode per environment seed, all episodes' turn k in one batch; `context`: the teacher's view."""
+    """Play one episode per environment seed, all episodes' turn k in one batch; `context`: the teacher's view; a
+    progress bar over the turns with `desc`."""
     games = [make_game(game) for _ in seeds]
     episodes = [Episode(seed) for seed in seeds]
     observations = [g.reset(seed) for g, seed in zip(games, seeds, strict=True)]
     history: list[list[tuple[str, str]]] = [[] for _ in seeds]
     live = list(range(len(seeds)))
     sampler = HFSampler(model, rollout, eos_ids(tokenizer, model), tokenizer.pad_token_id, dtype)
+    bar = tqdm(total=games[0].max_turns, desc=desc, unit="turn", disable=desc is None, leave=False)
     for turn in range(games[0].max_turns):
         if not live:
             break
+        bar.set_postfix(playing=len(live), won=sum(e.success for e in episodes))
         texts = [turn_prompt(history[i], observations[i]) for i in live]
         messages = [[{"role": "user", "content": t}] for t in texts]
         ids = [renderer.render(m, context).teacher_ids if context else renderer.student_ids(m) for m in messages]
@@ -104,6 +110,8 @@ def play(
             else:
                 still.append(i)
         live = still
+        bar.update()
+    bar.close()
     return episodes
 
 
@@ -177,12 +185,22 @@ class GameTask:
 
 
 def success_rate(
-    model, tokenizer, renderer, game: str, n: int, max_new_tokens: int, dtype: str, context=None, first: int = 0
+    model,
+    tokenizer,
+    renderer,
+    game: str,
+    n: int,
+    max_new_tokens: int,
+    dtype: str,
+    context=None,
+    first: int = 0,
+    desc: str | None = None,
 ):
     """Greedy success on the environments first..first+n-1 (0..: test, VALIDATION_SEEDS..: validation): (rate,
-    episodes)."""
+    episodes); a progress bar with `desc`."""
     if n < 1:
         raise OpcdError("the number of test environments must be >= 1")
     rollout = RolloutConfig(temperature=0.0, max_new_tokens=max_new_tokens, batch_size=32)
-    episodes = play(model, tokenizer, renderer, game, list(range(first, first + n)), rollout, dtype, 0, context)
+    seeds = list(range(first, first + n))
+    episodes = play(model, tokenizer, renderer, game, seeds, rollout, dtype, 0, context, desc)
     return sum(e.success for e in episodes) / n, episodes

@@ -263,7 +263,7 @@ def test_unknown_game_and_bad_template_fail_before_loading_a_model(tiny_model, m
     assert capsys.readouterr().err.startswith("opcd: error: ") and not (tmp_path / "runs").exists()
 
 
-def test_games_are_played_turn_by_turn_and_their_turns_are_training_samples(tiny_model, smol_tokenizer):
+def test_games_are_played_turn_by_turn_and_their_turns_are_training_samples(tiny_model, smol_tokenizer, capsys):
     from opcd import models
     from opcd.config import RolloutConfig
     from opcd.episodes import episode_rollouts, game_renderer, play, turn_prompt
@@ -279,8 +279,10 @@ def test_games_are_played_turn_by_turn_and_their_turns_are_training_samples(tiny
         assert e.turns[0].prompt == turn_prompt([], e.observations[0])
         assert len(e.observations) == len(e.turns) + 1
         assert e.trace().endswith(f"Result: {'Success' if e.success else 'Failure'}. {e.reason}")
-    again = play(model, smol_tokenizer, renderer, "frozenlake", [0, 1, 2], rollout, "fp32", sample_seed=3)
+    capsys.readouterr()
+    again = play(model, smol_tokenizer, renderer, "frozenlake", [0, 1, 2], rollout, "fp32", 3, desc="3 test boards")
     assert [[t.response for t in e.turns] for e in again] == [[t.response for t in e.turns] for e in episodes]
+    assert "3 test boards" in capsys.readouterr().err  # long evaluations show a bar over the turns
     samples = episode_rollouts(renderer, episodes, "- EXPERIENCE ITEM: avoid H.")
     assert len(samples) == sum(len(e.turns) for e in episodes)
     turn_index = [k for e in episodes for k in range(len(e.turns))]
@@ -412,7 +414,7 @@ def test_checkpoint_selection_on_games_takes_the_best_and_the_later_of_a_tie(tmp
     cfg = load_config(None, ["experience.task=frozenlake", "experience.validation_max=5"])
     scores, calls = {"step-000002": 0.4, "step-000004": 0.4, "step-000006": 0.2}, []
 
-    def rate(model: str, with_context: bool, first: int, n: int) -> dict:
+    def rate(model: str, with_context: bool, first: int, n: int, who: str = "") -> dict:
         calls.append((model, with_context, first, n))
         return {"rate": scores[Path(model).parent.name]}
 
@@ -434,7 +436,7 @@ def test_game_success_is_measured_on_the_environments_asked_for(monkeypatch):
 
     played = []
 
-    def play(model, tokenizer, renderer, game, seeds, rollout, dtype, seed, context=None):
+    def play(model, tokenizer, renderer, game, seeds, rollout, dtype, seed, context=None, desc=None):
         played.append(seeds)
         return [episodes.Episode(seed=s, turns=[], success=s % 2 == 0) for s in seeds]
 
