@@ -408,7 +408,9 @@ def consolidate(cfg: Config, plan: Plan, progress: bool = True) -> dict:
                 run_dir = folder / f"context-{_digest(candidate.context)}" / f"{method}-seed{seed}{suffix}"
                 cell = run_config(cfg, candidate.context, method, seed, run_dir, plan.checkpoint)
                 cells[n, method, seed] = _run_cell(cell, plan, folder, progress)
-    first = next(iter(cells.values()))
+    named = set(cells)
+    cells |= _finished_beside(cfg, plan, folder, chosen, suffix, named)
+    first = cells[next(iter(named))]
     rules = {r["checkpoint"]["rule"] for r in cells.values()}
     if plan.checkpoint == "validation" and len(rules) > 1:  # a rerun after experience.validation* changed
         raise OpcdError(
@@ -420,18 +422,21 @@ def consolidate(cfg: Config, plan: Plan, progress: bool = True) -> dict:
         n: cells[n, plan.methods[0], plan.seeds[0]]["rates"]["In-context: base with the prompt"]
         for n in range(len(chosen))
     }
+    methods = [m for m in METHODS if any(k[1] == m for k in cells)]
+    seeds = {m: sorted({s for (_, m2, s) in cells if m2 == m}) for m in methods}
+    runs = {m: [cells[k] for k in sorted(cells) if k[1] == m] for m in methods}  # context by context, seed by seed
 
     def student_rate(r: dict) -> float:  # math and games name it alike: "<method> student, without the prompt"
         return r["rates"][f"{METHOD_NAMES[r['method']]} student, without the prompt"]
 
-    by_method = {
-        m: [student_rate(cells[n, m, s]) for n in range(len(chosen)) for s in plan.seeds] for m in plan.methods
-    }
+    by_method = {m: [student_rate(r) for r in runs[m]] for m in methods}
     ood = {}
     if plan.ood:
         ood["base"] = first["ood"]["instructions"]["base"]
-        for m in plan.methods:
-            ood[m] = [cells[n, m, s]["ood"]["instructions"]["student"] for n in range(len(chosen)) for s in plan.seeds]
+        for m in methods:
+            scored = [r["ood"]["instructions"]["student"] for r in runs[m] if "instructions" in r["ood"]]
+            if scored:  # a run made with --no-ood has none
+                ood[m] = scored
     teacher = _teacher_in_context(cfg, plan, folder, chosen)
     results = {
         "task": e.task,
@@ -441,7 +446,8 @@ def consolidate(cfg: Config, plan: Plan, progress: bool = True) -> dict:
         "selection": plan.selection,
         "contexts": [{"seed": c.seed, "step": c.step, "validation": c.validation, "tokens": c.tokens} for c in chosen],
         "test": first["test"],
-        "seeds": list(plan.seeds),
+        "seeds": sorted({s for (_, _, s) in cells}),
+        "seeds_by_method": seeds,
         "checkpoint": {
             "rule": "last checkpoint" if plan.checkpoint == "last" else first["checkpoint"]["rule"],
             "steps": {f"{n}/{m}/seed{s}": r["checkpoint"]["step"] for (n, m, s), r in cells.items()},
@@ -461,6 +467,40 @@ def consolidate(cfg: Config, plan: Plan, progress: bool = True) -> dict:
     return results
 
 
+def _finished_beside(
+    cfg: Config, plan: Plan, folder: Path, chosen: list[Candidate], suffix: str, named: set
+) -> dict[tuple[int, str, int], dict]:
+    """Finished runs of the chosen contexts that this invocation did not name (another method, another seed) but
+    that were made with exactly these settings: the table shows every run the folder holds for them, so
+    `--methods offpolicy` after `--methods opcd` does not leave an off-policy-only table behind."""
+    import re
+
+    from opcd.config import load_config
+    from opcd.train import _changed
+
+    name = re.compile(rf"({'|'.join(METHODS)})-seed(\d+){re.escape(suffix)}")
+    found = {}
+    for n, candidate in enumerate(chosen):
+        for done in sorted((folder / f"context-{_digest(candidate.context)}").glob("*/results.json")):
+            run = done.parent
+            match = name.fullmatch(run.name)
+            if not match or (n, match[1], int(match[2])) in named or not (run / "config.toml").is_file():
+                continue
+            method, seed = match[1], int(match[2])
+            wanted = run_config(cfg, candidate.context, method, seed, run, plan.checkpoint)
+            if _changed(load_config(run / "config.toml", []).to_dict(), wanted.to_dict()):
+                continue  # other settings: not this table's run
+            found[n, method, seed] = json.loads(done.read_text())
+    return found
+
+
+def _seeds(r: dict) -> str:
+    by_method = r.get("seeds_by_method") or {}
+    if len({tuple(v) for v in by_method.values()}) > 1:
+        return ", ".join(f"{LABELS[m]} {v}" for m, v in by_method.items())
+    return str(r["seeds"])
+
+
 def table(r: dict) -> str:
     metric = "accuracy" if r["task"] == "math" else "success"
     cols = (
@@ -474,11 +514,12 @@ def table(r: dict) -> str:
     values += [_mean_std(v) for v in r["students"].values()]
     if r["ood"]:
         cols.append("OOD IF-Eval: Base / " + " / ".join(LABELS[m] for m in r["students"]))
-        values.append(" / ".join([f"{100 * r['ood']['base']:.1f}"] + [_mean_std(r["ood"][m]) for m in r["students"]]))
+        ood = [_mean_std(r["ood"][m]) if m in r["ood"] else "–" for m in r["students"]]
+        values.append(" / ".join([f"{100 * r['ood']['base']:.1f}"] + ood))
     lines = [
         f"Task: {r['task']} ({metric} on {r['test']['n']} {r['test']['prompts']}); student {r['student']}, "
         f"experience extracted by {r['extracted_by']}, teacher {r['teacher']}; {r['selection']} context"
-        f"{'s' if len(r['in_context']) > 1 else ''}; training seeds {r['seeds']}"
+        f"{'s' if len(r['in_context']) > 1 else ''}; training seeds {_seeds(r)}"
         + (f"; checkpoint: {r['checkpoint']['rule']}." if "checkpoint" in r else "."),
         "",
         "| " + " | ".join(cols) + " |",
