@@ -114,9 +114,9 @@ def _add_selection_args(p, consolidating: bool) -> None:
         p.add_argument(
             "--checkpoint",
             choices=["last", "validation"],
-            default="last",
-            help="report the last checkpoint, or the best on the validation split (the paper's rule, but chosen on "
-            "validation, not test; checkpoints every train.save_every steps, 2 where that is 0)",
+            default="validation",
+            help="report the best checkpoint on the validation split (default: the paper's rule, but chosen on "
+            "validation, not test; checkpoints every train.save_every steps, 2 where that is 0), or the last one",
         )
         p.add_argument(
             "--out",

@@ -51,7 +51,7 @@ class Plan:
     seeds: tuple[int, ...] = (0, 1)  # training seeds
     test_n: int = 40  # math: GSM8K test problems; games: test environments 0..N-1
     ood: bool = True  # instruction following (IF-Eval style), base and students
-    checkpoint: str = "last"  # last | validation: the best checkpoint on the experience's validation split
+    checkpoint: str = "validation"  # validation: the best checkpoint on the experience's validation split | last
     out: str = ""  # where runs and tables go ("" = DIR/consolidate): other settings beside the first ones
 
 
@@ -377,8 +377,8 @@ def check_plan(cfg: Config, plan: Plan) -> None:
         raise OpcdError(f"unknown checkpoint rule '{plan.checkpoint}': use {' or '.join(CHECKPOINT_RULES)}")
     if plan.checkpoint == "validation" and (e.validation_max < 1 or (e.task == "math" and not e.validation)):
         raise OpcdError(
-            "--checkpoint validation scores every checkpoint on the validation split: set experience.validation "
-            "(math) and experience.validation_max >= 1"
+            "--checkpoint validation (the default) scores every checkpoint on the validation split: set "
+            "experience.validation (math) and experience.validation_max >= 1, or report the last with --checkpoint last"
         )
     if e.task != "math" and plan.test_n > VALIDATION_SEEDS:
         raise OpcdError(f"--test-n {plan.test_n} reaches the validation environments ({VALIDATION_SEEDS}+): use fewer")

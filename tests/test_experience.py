@@ -347,7 +347,7 @@ def test_consolidation_runs_every_method_and_writes_the_table(task, tiny_model, 
     _write_seed(folder, 0, [["Add the ones first."], ["Add the ones first.", "H is a hole."]], validation=0.5)
     # cross-size: a larger tiny model with the same tokenizer teaches
     cfg = _consolidation_config(task, tiny_model, math_files, folder, **{"model.teacher": str(tiny_teacher)})
-    plan = Plan(selection="random", count=2, seeds=(0,), test_n=2, ood=False)
+    plan = Plan(selection="random", count=2, seeds=(0,), test_n=2, ood=False, checkpoint="last")
     results = consolidate(cfg, plan, progress=False)
     assert set(results["students"]) == {"offpolicy", "opcd"}
     assert len(results["in_context"]) == 2 and all(len(v) == 2 for v in results["students"].values())
@@ -360,7 +360,7 @@ def test_consolidation_runs_every_method_and_writes_the_table(task, tiny_model, 
     assert not list((folder / "consolidate").glob("context-*/*/checkpoints"))
 
     [best] = select(load_pool(folder, 512), "best")
-    again = consolidate(cfg, Plan(selection="best", seeds=(0,), test_n=2, ood=False), progress=False)
+    again = consolidate(cfg, Plan(selection="best", seeds=(0,), test_n=2, ood=False, checkpoint="last"), progress=False)
     ran = [json.loads(p.read_text()) for p in (folder / "consolidate").glob("context-*/*/results.json")]
     assert len(ran) == 4  # the best context was one of the two: its runs are read back, not redone
     where = [(c["seed"], c["step"]) for c in results["contexts"]].index((best.seed, best.step))
@@ -369,8 +369,10 @@ def test_consolidation_runs_every_method_and_writes_the_table(task, tiny_model, 
         task, tiny_model, math_files, folder, **{"model.teacher": str(tiny_teacher), "train.lr": 1e-3}
     )
     with pytest.raises(OpcdError, match=r"holds a run with other settings \(train.lr\)"):
-        consolidate(changed, Plan(selection="best", seeds=(0,), test_n=2, ood=False), progress=False)
-    beside = consolidate(changed, Plan(seeds=(0,), test_n=2, ood=False, out=str(tmp_path / "lr")), progress=False)
+        consolidate(changed, Plan(selection="best", seeds=(0,), test_n=2, ood=False, checkpoint="last"), progress=False)
+    beside = consolidate(
+        changed, Plan(seeds=(0,), test_n=2, ood=False, checkpoint="last", out=str(tmp_path / "lr")), progress=False
+    )
     assert beside["base"] == again["base"] and (tmp_path / "lr" / "results-best.md").is_file()
     [run] = (tmp_path / "lr").glob("context-*/opcd-seed0/config.toml")
     assert load_config(run, []).train.lr == 1e-3  # the first runs stay as they were
@@ -383,7 +385,7 @@ def test_a_refusal_inside_a_consolidation_run_comes_back_as_one_line(tiny_model,
     _write_seed(folder, 0, [["Add the ones first."]], validation=0.5)
     cfg = _consolidation_config("math", tiny_model, math_files, folder, **{"loss.min_kl": 1e9})
     with pytest.raises(OpcdError, match="^step 1: the student without the context is already within"):
-        consolidate(cfg, Plan(methods=("opcd",), seeds=(0,), test_n=2, ood=False), progress=False)
+        consolidate(cfg, Plan(methods=("opcd",), seeds=(0,), test_n=2, ood=False, checkpoint="last"), progress=False)
 
 
 @pytest.mark.parametrize("task", ["math", "frozenlake"])
@@ -411,8 +413,10 @@ def test_the_table_shows_every_finished_run_made_with_the_same_settings(tiny_mod
     folder = tmp_path / "exp"
     _write_seed(folder, 0, [["Add the ones first."]], validation=0.5)
     cfg = _consolidation_config("math", tiny_model, math_files, folder)
-    opcd = consolidate(cfg, Plan(methods=("opcd",), seeds=(0,), test_n=2, ood=False), progress=False)
-    both = consolidate(cfg, Plan(methods=("offpolicy",), seeds=(1,), test_n=2, ood=False), progress=False)
+    opcd = consolidate(cfg, Plan(methods=("opcd",), seeds=(0,), test_n=2, ood=False, checkpoint="last"), progress=False)
+    both = consolidate(
+        cfg, Plan(methods=("offpolicy",), seeds=(1,), test_n=2, ood=False, checkpoint="last"), progress=False
+    )
     assert both["students"]["opcd"] == opcd["students"]["opcd"]  # read back from the folder, not rerun
     assert set(both["runs"]) == {"0/opcd/seed0", "0/offpolicy/seed1"} and both["seeds"] == [0, 1]
     table = (folder / "consolidate" / "results-best.md").read_text()
@@ -420,7 +424,9 @@ def test_the_table_shows_every_finished_run_made_with_the_same_settings(tiny_mod
     assert "| Base | In-Context | Off-policy CD | OPCD |" in table
     # a run made with other settings is not this table's, even in the same folder
     changed = _consolidation_config("math", tiny_model, math_files, folder, **{"train.lr": 1e-3})
-    alone = consolidate(changed, Plan(methods=("offpolicy",), seeds=(2,), test_n=2, ood=False), progress=False)
+    alone = consolidate(
+        changed, Plan(methods=("offpolicy",), seeds=(2,), test_n=2, ood=False, checkpoint="last"), progress=False
+    )
     assert set(alone["runs"]) == {"0/offpolicy/seed2"} and set(alone["students"]) == {"offpolicy"}
 
 
@@ -447,7 +453,7 @@ def test_checkpoint_selection_on_games_takes_the_best_and_the_later_of_a_tie(tmp
     os.utime(tmp_path / "checkpoints" / "step-000002" / "model", (1, 1))
     _game_checkpoint(tmp_path, cfg, Plan(checkpoint="validation"), {}, rate)
     assert len(calls) == 4
-    assert _game_checkpoint(tmp_path, cfg, Plan(), {}, rate)[0] == 6
+    assert _game_checkpoint(tmp_path, cfg, Plan(checkpoint="last"), {}, rate)[0] == 6
 
 
 def test_game_success_is_measured_on_the_environments_asked_for(monkeypatch):
@@ -473,12 +479,12 @@ def test_checkpoint_selection_needs_a_validation_split(tiny_model, math_files, t
     _write_seed(folder, 0, [["Add the ones first."]], validation=0.5)
     for missing in ({"experience.validation_max": 0}, {"experience.validation": ""}):
         cfg = _consolidation_config("math", tiny_model, math_files, folder, **missing)
-        with pytest.raises(OpcdError, match="^--checkpoint validation scores every checkpoint on the validation"):
+        with pytest.raises(OpcdError, match=r"^--checkpoint validation \(the default\) scores every checkpoint"):
             consolidate(cfg, Plan(checkpoint="validation", seeds=(0,), test_n=2, ood=False), progress=False)
     # the whole pipeline refuses it before extracting anything
     config = tmp_path / "run.toml"
     config.write_text(f'[experience]\ndir = "{tmp_path / "never"}"\nvalidation_max = 0\n')
-    assert main(["experience", "run", str(config), "--checkpoint", "validation"]) == 2
+    assert main(["experience", "run", str(config)]) == 2  # validation is the default rule
     assert not (tmp_path / "never").exists()
 
 
