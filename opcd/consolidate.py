@@ -408,9 +408,8 @@ def consolidate(cfg: Config, plan: Plan, progress: bool = True) -> dict:
                 run_dir = folder / f"context-{_digest(candidate.context)}" / f"{method}-seed{seed}{suffix}"
                 cell = run_config(cfg, candidate.context, method, seed, run_dir, plan.checkpoint)
                 cells[n, method, seed] = _run_cell(cell, plan, folder, progress)
-    named = set(cells)
-    cells |= _finished_beside(cfg, plan, folder, chosen, suffix, named)
-    first = cells[next(iter(named))]
+    first = cells[0, plan.methods[0], plan.seeds[0]]
+    cells |= _finished_beside(cfg, plan, folder, chosen, suffix, cells, first)
     rules = {r["checkpoint"]["rule"] for r in cells.values()}
     if plan.checkpoint == "validation" and len(rules) > 1:  # a rerun after experience.validation* changed
         raise OpcdError(
@@ -431,12 +430,10 @@ def consolidate(cfg: Config, plan: Plan, progress: bool = True) -> dict:
 
     by_method = {m: [student_rate(r) for r in runs[m]] for m in methods}
     ood = {}
-    if plan.ood:
-        ood["base"] = first["ood"]["instructions"]["base"]
-        for m in methods:
-            scored = [r["ood"]["instructions"]["student"] for r in runs[m] if "instructions" in r["ood"]]
-            if scored:  # a run made with --no-ood has none
-                ood[m] = scored
+    scored = {m: [r["ood"]["instructions"] for r in runs[m] if "instructions" in r.get("ood", {})] for m in methods}
+    if plan.ood and any(scored.values()):  # a run made with --no-ood has no scores
+        ood["base"] = next(x for v in scored.values() for x in v)["base"]
+        ood |= {m: [x["student"] for x in v] for m, v in scored.items() if v}
     teacher = _teacher_in_context(cfg, plan, folder, chosen)
     results = {
         "task": e.task,
@@ -468,15 +465,16 @@ def consolidate(cfg: Config, plan: Plan, progress: bool = True) -> dict:
 
 
 def _finished_beside(
-    cfg: Config, plan: Plan, folder: Path, chosen: list[Candidate], suffix: str, named: set
+    cfg: Config, plan: Plan, folder: Path, chosen: list[Candidate], suffix: str, named: dict, first: dict
 ) -> dict[tuple[int, str, int], dict]:
     """Finished runs of the chosen contexts that this invocation did not name (another method, another seed) but
-    that were made with exactly these settings: the table shows every run the folder holds for them, so
-    `--methods offpolicy` after `--methods opcd` does not leave an off-policy-only table behind."""
+    that were made with exactly these settings, test set and checkpoint rule: the table shows every run the folder
+    holds for them, so `--methods offpolicy` after `--methods opcd` does not leave an off-policy-only table behind.
+    Anything else there (other settings, an unreadable config) is left out, not refused: this command did not ask
+    for it."""
     import re
 
     from opcd.config import load_config
-    from opcd.train import _changed
 
     name = re.compile(rf"({'|'.join(METHODS)})-seed(\d+){re.escape(suffix)}")
     found = {}
@@ -487,10 +485,17 @@ def _finished_beside(
             if not match or (n, match[1], int(match[2])) in named or not (run / "config.toml").is_file():
                 continue
             method, seed = match[1], int(match[2])
-            wanted = run_config(cfg, candidate.context, method, seed, run, plan.checkpoint)
-            if _changed(load_config(run / "config.toml", []).to_dict(), wanted.to_dict()):
-                continue  # other settings: not this table's run
-            found[n, method, seed] = json.loads(done.read_text())
+            wanted = run_config(cfg, candidate.context, method, seed, run, plan.checkpoint).to_dict()
+            try:
+                made = load_config(run / "config.toml", []).to_dict()
+                result = json.loads(done.read_text())
+            except (OpcdError, ValueError):
+                continue
+            if made != wanted or result.get("test") != first["test"]:
+                continue
+            if result.get("checkpoint", {}).get("rule") != first["checkpoint"]["rule"]:
+                continue
+            found[n, method, seed] = result
     return found
 
 

@@ -407,27 +407,34 @@ def test_consolidation_can_report_the_checkpoint_best_on_validation(task, tiny_m
     assert not (run / "checkpoints").exists()
 
 
-def test_the_table_shows_every_finished_run_made_with_the_same_settings(tiny_model, math_files, tmp_path):
+@pytest.mark.parametrize("rule", ["last", "validation"])
+def test_the_table_shows_every_finished_run_made_with_the_same_settings(rule, tiny_model, math_files, tmp_path):
     from opcd.consolidate import Plan, consolidate
 
     folder = tmp_path / "exp"
     _write_seed(folder, 0, [["Add the ones first."]], validation=0.5)
     cfg = _consolidation_config("math", tiny_model, math_files, folder)
-    opcd = consolidate(cfg, Plan(methods=("opcd",), seeds=(0,), test_n=2, ood=False, checkpoint="last"), progress=False)
-    both = consolidate(
-        cfg, Plan(methods=("offpolicy",), seeds=(1,), test_n=2, ood=False, checkpoint="last"), progress=False
-    )
-    assert both["students"]["opcd"] == opcd["students"]["opcd"]  # read back from the folder, not rerun
+
+    def plan(method: str, seed: int, test_n: int = 2) -> Plan:
+        return Plan(methods=(method,), seeds=(seed,), test_n=test_n, ood=False, checkpoint=rule)
+
+    opcd = consolidate(cfg, plan("opcd", 0), progress=False)
+    [done] = (folder / "consolidate").glob("context-*/opcd-seed0*/results.json")
+    written = done.stat().st_mtime_ns
+    both = consolidate(cfg, plan("offpolicy", 1), progress=False)
+    assert done.stat().st_mtime_ns == written  # read back from the folder, not rerun
+    assert both["students"]["opcd"] == opcd["students"]["opcd"]
     assert set(both["runs"]) == {"0/opcd/seed0", "0/offpolicy/seed1"} and both["seeds"] == [0, 1]
-    table = (folder / "consolidate" / "results-best.md").read_text()
+    suffix = "-by-validation" if rule == "validation" else ""
+    table = (folder / "consolidate" / f"results-best{suffix}.md").read_text()
     assert "training seeds Off-policy CD [1], OPCD [0]" in table
     assert "| Base | In-Context | Off-policy CD | OPCD |" in table
-    # a run made with other settings is not this table's, even in the same folder
+    # not this table's: a run made with other settings, or on another test set, even in the same folder
     changed = _consolidation_config("math", tiny_model, math_files, folder, **{"train.lr": 1e-3})
-    alone = consolidate(
-        changed, Plan(methods=("offpolicy",), seeds=(2,), test_n=2, ood=False, checkpoint="last"), progress=False
-    )
+    alone = consolidate(changed, plan("offpolicy", 2), progress=False)
     assert set(alone["runs"]) == {"0/offpolicy/seed2"} and set(alone["students"]) == {"offpolicy"}
+    other_test = consolidate(cfg, plan("opcd", 3, test_n=1), progress=False)
+    assert set(other_test["runs"]) == {"0/opcd/seed3"}
 
 
 def test_checkpoint_selection_on_games_takes_the_best_and_the_later_of_a_tie(tmp_path):
