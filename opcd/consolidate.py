@@ -441,7 +441,10 @@ def consolidate(cfg: Config, plan: Plan, progress: bool = True) -> dict:
         "teacher": cfg.model.teacher,
         "extracted_by": e.model or cfg.model.student,
         "selection": plan.selection,
-        "contexts": [{"seed": c.seed, "step": c.step, "validation": c.validation, "tokens": c.tokens} for c in chosen],
+        "contexts": [  # the text too: another extraction (another machine's numerics) samples other lessons
+            {"seed": c.seed, "step": c.step, "validation": c.validation, "tokens": c.tokens, "text": c.context}
+            for c in chosen
+        ],
         "test": first["test"],
         "seeds": sorted({s for (_, _, s) in cells}),
         "seeds_by_method": seeds,

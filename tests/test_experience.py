@@ -425,6 +425,7 @@ def test_the_table_shows_every_finished_run_made_with_the_same_settings(rule, ti
     assert done.stat().st_mtime_ns == written  # read back from the folder, not rerun
     assert both["students"]["opcd"] == opcd["students"]["opcd"]
     assert set(both["runs"]) == {"0/opcd/seed0", "0/offpolicy/seed1"} and both["seeds"] == [0, 1]
+    assert [c["text"] for c in both["contexts"]] == ["- EXPERIENCE ITEM: Add the ones first."]
     suffix = "-by-validation" if rule == "validation" else ""
     table = (folder / "consolidate" / f"results-best{suffix}.md").read_text()
     assert "training seeds Off-policy CD [1], OPCD [0]" in table
