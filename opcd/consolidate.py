@@ -441,7 +441,7 @@ def consolidate(cfg: Config, plan: Plan, progress: bool = True) -> dict:
         "teacher": cfg.model.teacher,
         "extracted_by": e.model or cfg.model.student,
         "selection": plan.selection,
-        "contexts": [  # the text too: another extraction (another machine's numerics) samples other lessons
+        "contexts": [  # the text too: a rerun extraction elsewhere may sample other lessons
             {"seed": c.seed, "step": c.step, "validation": c.validation, "tokens": c.tokens, "text": c.context}
             for c in chosen
         ],
