@@ -485,9 +485,11 @@ def _finished_beside(
         for done in sorted((folder / f"context-{_digest(candidate.context)}").glob("*/results.json")):
             run = done.parent
             match = name.fullmatch(run.name)
-            if not match or (n, match[1], int(match[2])) in named or not (run / "config.toml").is_file():
+            if not match:
                 continue
             method, seed = match[1], int(match[2])
+            if (n, method, seed) in named or not (run / "config.toml").is_file():
+                continue
             wanted = run_config(cfg, candidate.context, method, seed, run, plan.checkpoint).to_dict()
             try:
                 made = load_config(run / "config.toml", []).to_dict()
