@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import multiprocessing
+import re
 import signal
 import statistics
 import time
@@ -57,6 +58,19 @@ class Plan:
 
 CHECKPOINT_RULES = ("last", "validation")
 PAPER_SAVE_EVERY = 2  # the paper saves a checkpoint every 2 steps and reports the best one
+
+
+def _run_suffix(checkpoint: str) -> str:
+    return "" if checkpoint == "last" else "-by-validation"  # other checkpoints kept: another run
+
+
+def _run_name(method: str, seed: int, checkpoint: str) -> str:
+    """A run's directory name under its context's folder; `_run_name_pattern` reads it back."""
+    return f"{method}-seed{seed}{_run_suffix(checkpoint)}"
+
+
+def _run_name_pattern(checkpoint: str) -> re.Pattern:
+    return re.compile(rf"({'|'.join(METHODS)})-seed(\d+){re.escape(_run_suffix(checkpoint))}")
 
 
 def _wrapper(cfg: Config) -> str:
@@ -400,16 +414,16 @@ def consolidate(cfg: Config, plan: Plan, progress: bool = True) -> dict:
                 f"opcd: warning: the best context scores {chosen[0].validation:.1%} on validation, no context "
                 f"{without:.1%}: this experience does not help the model that extracted it, so distilling it may not"
             )
-    suffix = "" if plan.checkpoint == "last" else "-by-validation"  # other checkpoints kept: another run
+    suffix = _run_suffix(plan.checkpoint)
     cells: dict[tuple[int, str, int], dict] = {}
     for n, candidate in enumerate(chosen):
         for method in plan.methods:
             for seed in plan.seeds:
-                run_dir = folder / f"context-{_digest(candidate.context)}" / f"{method}-seed{seed}{suffix}"
+                run_dir = folder / f"context-{_digest(candidate.context)}" / _run_name(method, seed, plan.checkpoint)
                 cell = run_config(cfg, candidate.context, method, seed, run_dir, plan.checkpoint)
                 cells[n, method, seed] = _run_cell(cell, plan, folder, progress)
     first = cells[0, plan.methods[0], plan.seeds[0]]
-    cells |= _finished_beside(cfg, plan, folder, chosen, suffix, cells, first)
+    cells |= _finished_beside(cfg, plan, folder, chosen, cells, first)
     rules = {r["checkpoint"]["rule"] for r in cells.values()}
     if plan.checkpoint == "validation" and len(rules) > 1:  # a rerun after experience.validation* changed
         raise OpcdError(
@@ -468,18 +482,16 @@ def consolidate(cfg: Config, plan: Plan, progress: bool = True) -> dict:
 
 
 def _finished_beside(
-    cfg: Config, plan: Plan, folder: Path, chosen: list[Candidate], suffix: str, named: dict, first: dict
+    cfg: Config, plan: Plan, folder: Path, chosen: list[Candidate], named: dict, first: dict
 ) -> dict[tuple[int, str, int], dict]:
     """Finished runs of the chosen contexts that this invocation did not name (another method, another seed) but
     that were made with exactly these settings, test set and checkpoint rule: the table shows every run the folder
     holds for them, so `--methods offpolicy` after `--methods opcd` does not leave an off-policy-only table behind.
     Anything else there (other settings, an unreadable config) is left out, not refused: this command did not ask
     for it."""
-    import re
-
     from opcd.config import load_config
 
-    name = re.compile(rf"({'|'.join(METHODS)})-seed(\d+){re.escape(suffix)}")
+    name = _run_name_pattern(plan.checkpoint)
     found = {}
     for n, candidate in enumerate(chosen):
         for done in sorted((folder / f"context-{_digest(candidate.context)}").glob("*/results.json")):
