@@ -32,6 +32,7 @@ from opcd.distill import (
     best_checkpoint,
     distill_prompt,
     evaluate_ood,
+    software,
     write_atomic,
 )
 from opcd.errors import OpcdError
@@ -207,6 +208,7 @@ def distill_game(cfg: Config, plan: Plan, folder: Path, progress: bool = True) -
             for n in student_ood
         },
         "seconds": time.time() - began,
+        "software": software(),
     }
     write_atomic(run / "results.json", json.dumps(results, indent=1))
     import shutil
@@ -473,6 +475,7 @@ def consolidate(cfg: Config, plan: Plan, progress: bool = True) -> dict:
         "ood": ood,
         "seconds": time.time() - began,
         "runs": {f"{n}/{m}/seed{s}": r["run_dir"] for (n, m, s), r in cells.items()},
+        "software": software(),
     }
     name = f"results-{plan.selection}{suffix}"  # each rule keeps its own table
     write_atomic(folder / f"{name}.json", json.dumps(results, indent=1))

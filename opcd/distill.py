@@ -74,6 +74,22 @@ def write_atomic(path: Path | str, text: str) -> None:
     os.replace(tmp, path)  # a reader never sees half a file
 
 
+def software() -> dict:
+    """The versions behind a result, kept beside it: the same pins, installed afresh, can move a greedy score."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    from opcd import __version__
+
+    found = {"python": platform.python_version(), "opcd": __version__}
+    for name in ("torch", "transformers", "peft", "accelerate", "tokenizers"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
+
+
 def _cached(folder: Path, name: str, key: dict, compute):
     """`compute()` once per `key`, stored as `folder/name-DIGEST.json` so reruns (and other runs) reuse it."""
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -317,6 +333,7 @@ def distill_prompt(cfg: Config, plan: EvalPlan, *, progress: bool = True) -> dic
         "steps": rows[-1]["step"] if rows else 0,
         "train_seconds": sum(r["time/step"] for r in rows),
         "seconds": time.time() - began,
+        "software": software(),
     }
     _plot(rows, rates, run / "training.png", metric, selection.get("validation_rates", {}))
     write_atomic(run / "results.json", json.dumps(results, indent=1))

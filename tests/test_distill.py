@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from opcd.cli import main
 from opcd.config import RolloutConfig, load_config
@@ -53,6 +54,7 @@ def test_distill_prompt_writes_results_report_plot(tiny_model, prompts_file, tmp
     assert set(results["ood"]) == {"instructions", "gsm8k"}
     assert results["ood"]["instructions"]["n"] == 3 and results["ood"]["gsm8k"]["n"] == 2
     assert json.loads((run / "results.json").read_text())["rates"] == results["rates"]
+    assert results["software"]["torch"] == torch.__version__  # what a rerun elsewhere needs to match
     assert "| OPCD student, without the prompt |" in (run / "report.md").read_text()
     assert (run / "training.png").stat().st_size > 1000
 
@@ -146,6 +148,7 @@ def test_eval_command_scores_both_sides_and_writes_responses(tiny_model, prompts
     saved = json.loads(out.read_text())
     assert saved["n"] == 12 and len(saved["with context"]["responses"]) == 12
     assert set(saved["summary"]) == {"without context", "with context"}
+    assert saved["software"]["opcd"] and saved["software"]["torch"] == torch.__version__
     assert main(["eval", str(tiny_model), "--check", "uppercase", "--context-side", "with"]) == 2
     assert "the context is empty" in capsys.readouterr().err
     assert main(["eval", str(tiny_model), "--check", "uppercase", "--gsm8k", "-1"]) == 2

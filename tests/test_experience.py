@@ -9,6 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+import transformers
 
 from opcd.cli import main
 from opcd.config import load_config
@@ -352,6 +353,8 @@ def test_consolidation_runs_every_method_and_writes_the_table(task, tiny_model, 
     assert set(results["students"]) == {"offpolicy", "opcd"}
     assert len(results["in_context"]) == 2 and all(len(v) == 2 for v in results["students"].values())
     assert len(results["teacher_in_context"]) == 2  # the teacher with the experience, same test set
+    cells = [json.loads(p.read_text()) for p in (folder / "consolidate").glob("context-*/*/results.json")]
+    assert {r["software"]["transformers"] for r in cells + [results]} == {transformers.__version__}
     table = (folder / "consolidate" / "results-random.md").read_text()
     assert "| Base | In-Context | Teacher in-context | Off-policy CD | OPCD |" in table
     assert (folder / "consolidate" / "results-random.png").stat().st_size > 0
