@@ -477,7 +477,9 @@ def check_settings(folder: Path, cfg, task) -> None:
     elif any(folder.glob("seed-*.jsonl")):
         raise OpcdError(f"{folder} holds seed files but no {SETTINGS}: use another experience.dir")
     else:
-        write_json(path, now)
+        from opcd.distill import software
+
+        write_json(path, now | {"software": software()})  # kept, not compared: a resume after an upgrade is fine
 
 
 def accumulated(records: list[Record]) -> int:

@@ -208,6 +208,7 @@ def test_extraction_resumes_where_it_stopped_without_losing_or_repeating(tiny_mo
         assert r.items[-len(r.new_items) :] == r.new_items and r.tokens > 0  # scored with a growing context
     assert len(expected[0][2].items) > len(expected[0][0].items)
     assert (whole / "stairs.png").stat().st_size > 0
+    assert json.loads((whole / "settings.json").read_text())["software"]["transformers"] == transformers.__version__
 
     # the same extraction, interrupted in the middle of seed 0's second problem, then rerun
     real, calls = experience.MathTask.attempt, []
@@ -224,6 +225,9 @@ def test_extraction_resumes_where_it_stopped_without_losing_or_repeating(tiny_mo
         extract(_extract_config(tiny_model, math_files, parts), progress=False)
     assert len(read_records(seed_file(parts, 0))) == 1  # the finished problem is on disk, whole
     monkeypatch.setattr(experience.MathTask, "attempt", real)
+    settings = json.loads((parts / "settings.json").read_text())
+    settings["software"]["transformers"] = "4.0.0"  # recorded, not compared: a resume after an upgrade goes on
+    (parts / "settings.json").write_text(json.dumps(settings))
     extract(_extract_config(tiny_model, math_files, parts), progress=False)
     for s in (0, 1):
         assert [asdict(r) for r in read_records(seed_file(parts, s))] == [asdict(r) for r in expected[s]]
