@@ -10,6 +10,7 @@ same command after an interruption resumes training and skips what was already m
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -74,24 +75,34 @@ def write_atomic(path: Path | str, text: str) -> None:
     os.replace(tmp, path)  # a reader never sees half a file
 
 
-def software() -> dict:
-    """The versions behind a result, kept beside it: the same pins, installed afresh, can move a greedy score."""
+SOFTWARE = ("torch", "transformers", "tokenizers", "peft", "accelerate", "safetensors", "gguf", "numpy", "sympy")
+
+
+@functools.cache
+def _software() -> tuple:
     import platform
     from importlib.metadata import PackageNotFoundError, version
 
     from opcd import __version__
 
     found = {"python": platform.python_version(), "opcd": __version__}
-    for name in ("torch", "transformers", "peft", "accelerate", "tokenizers"):
+    for name in SOFTWARE:
         try:
             found[name] = version(name)
         except PackageNotFoundError:
             found[name] = None
-    return found
+    return tuple(found.items())
+
+
+def software() -> dict:
+    """The versions behind a result, kept beside it: a greedy score is only reproducible with the same libraries."""
+    return dict(_software())
 
 
 def _cached(folder: Path, name: str, key: dict, compute):
-    """`compute()` once per `key`, stored as `folder/name-DIGEST.json` so reruns (and other runs) reuse it."""
+    """`compute()` once per `key` and software versions, stored as `folder/name-DIGEST.json` so reruns (and other
+    runs) reuse it; after an upgrade it is measured again, not mixed with scores the new versions made."""
+    key = {**key, "software": software()}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
     path = folder / f"{name}-{digest}.json"
     if path.is_file():

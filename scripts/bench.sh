@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev,bench]"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt -e ".[dev,bench]"
 exec .venv/bin/python benchmarks/bench_opcd.py "$@"

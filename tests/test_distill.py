@@ -7,9 +7,10 @@ import json
 import pytest
 import torch
 
+from opcd import distill
 from opcd.cli import main
 from opcd.config import RolloutConfig, load_config
-from opcd.distill import EvalPlan, distill_prompt
+from opcd.distill import SOFTWARE, EvalPlan, distill_prompt
 from opcd.errors import OpcdError
 from tests.conftest import TOY_CONTEXT
 
@@ -55,11 +56,12 @@ def test_distill_prompt_writes_results_report_plot(tiny_model, prompts_file, tmp
     assert results["ood"]["instructions"]["n"] == 3 and results["ood"]["gsm8k"]["n"] == 2
     assert json.loads((run / "results.json").read_text())["rates"] == results["rates"]
     assert results["software"]["torch"] == torch.__version__  # what a rerun elsewhere needs to match
+    assert set(results["software"]) == {"python", "opcd", *SOFTWARE} and all(results["software"].values())
     assert "| OPCD student, without the prompt |" in (run / "report.md").read_text()
     assert (run / "training.png").stat().st_size > 1000
 
 
-def test_rerun_reuses_every_evaluation(tiny_model, prompts_file, tmp_path):
+def test_rerun_reuses_every_evaluation(tiny_model, prompts_file, tmp_path, monkeypatch):
     cfg = _cfg(tiny_model, prompts_file, tmp_path / "run")
     distill_prompt(cfg, _plan(), progress=False)
     saved = {p: p.stat().st_mtime_ns for p in (tmp_path / "run" / "eval").iterdir()}
@@ -67,6 +69,13 @@ def test_rerun_reuses_every_evaluation(tiny_model, prompts_file, tmp_path):
     again = distill_prompt(cfg, _plan(), progress=False)
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "run" / "eval").iterdir()} == saved
     assert again["checkpoint"]["step"] == 2
+    # after an upgrade the scores are measured again, not mixed with those the old versions made
+    upgraded = {**distill.software(), "transformers": "9.9.9"}
+    monkeypatch.setattr(distill, "_software", lambda: tuple(upgraded.items()))
+    distill_prompt(cfg, _plan(), progress=False)
+    now = {p: p.stat().st_mtime_ns for p in (tmp_path / "run" / "eval").iterdir()}
+    assert len(now) == 10 and all(now[p] == t for p, t in saved.items())
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["software"]["transformers"] == "9.9.9"
 
 
 def test_base_scores_are_shared_through_base_cache(tiny_model, prompts_file, tmp_path):
