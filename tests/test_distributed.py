@@ -122,3 +122,23 @@ def test_launch_configurations_opcd_does_not_run_are_named(monkeypatch, env, mes
         monkeypatch.setenv(key, value)
     with pytest.raises(OpcdError, match=message):
         Ranks()
+
+
+def test_a_game_trains_over_two_processes(tiny_model, tmp_path):
+    """Each rank plays its own episodes (their turn counts differ); the step sums their gradients and counts."""
+    config = tmp_path / "g.toml"
+    config.write_text(
+        f'[model]\nstudent = "{tiny_model}"\ndtype = "fp32"\n[data]\nprompts = "game:frozenlake"\n'
+        'context = "- EXPERIENCE ITEM: H is a hole; walk around it."\nplacement = "user"\n'
+        "[rollout]\nmax_new_tokens = 5\n[train]\nprompts_per_step = 4\nmicro_batch_size = 1\nsteps = 2\n"
+        "save_every = 2\ntensorboard = false\n"
+    )
+    run = tmp_path / "run"
+    done = _launch(config, f"train.run_dir={run}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("run finished") == 1
+    rows = _metrics(run)
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:  # per episode, over the 4 episodes of both ranks
+        assert 1 <= r["rollout/turns"] <= 5 and 0 <= r["rollout/success"] <= 1 and r["loss/value"] > 0
+    assert (run / "checkpoints" / "step-000002").is_dir()
