@@ -97,3 +97,27 @@ def test_every_shipped_config_loads_and_names_packaged_models(path):
     assert all(n in PACKAGED for n in names), names  # the README's commands run here, with no hub
     if cfg.model.teacher != "frozen" and path.startswith("experience"):
         assert cfg.experience.model == cfg.model.teacher  # cross-size: the teacher reads its own experience
+
+
+def test_the_readme_python_examples_build_valid_configs():
+    """Every `cfg = load_config(...)` in the README's Python blocks passes the checks its stage starts with (`train`,
+    or `consolidate` for an experience config), so the example a user pastes gets as far as loading the model."""
+    import ast
+    import re
+
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    calls = [
+        node.value
+        for block in blocks
+        for node in ast.walk(ast.parse(block))
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)
+        if getattr(node.value.func, "id", "") == "load_config"
+    ]
+    assert len(calls) >= 2
+    from opcd.consolidate import Plan, check_plan
+    from opcd.distill import PRESET
+
+    for call in calls:
+        cfg = eval(compile(ast.Expression(call), "README.md", "eval"), {"load_config": load_config, "PRESET": PRESET})
+        config_file = getattr(call.args[0], "value", None) or ""
+        check_plan(cfg, Plan()) if "experience" in config_file else validate(cfg)
