@@ -76,15 +76,16 @@ def play(
     sample_seed: int = 0,
     context: str | None = None,
     desc: str | None = None,
+    rows: int | None = None,
 ) -> list[Episode]:
     """Play one episode per environment seed, all episodes' turn k in one batch; `context`: the teacher's view; a
-    progress bar over the turns with `desc`."""
+    progress bar over the turns with `desc`; `rows`: sample only ids below it (see `HFSampler`)."""
     games = [make_game(game) for _ in seeds]
     episodes = [Episode(seed) for seed in seeds]
     observations = [g.reset(seed) for g, seed in zip(games, seeds, strict=True)]
     history: list[list[tuple[str, str]]] = [[] for _ in seeds]
     live = list(range(len(seeds)))
-    sampler = HFSampler(model, rollout, eos_ids(tokenizer, model), tokenizer.pad_token_id, dtype)
+    sampler = HFSampler(model, rollout, eos_ids(tokenizer, model), tokenizer.pad_token_id, dtype, rows=rows)
     bar = tqdm(total=games[0].max_turns, desc=desc, unit="turn", disable=desc is None, leave=False)
     for turn in range(games[0].max_turns):
         if not live:

@@ -69,8 +69,18 @@ def resolve_device(name: str) -> torch.device:
 class HFSampler:
     """Batched sampling with `model.generate`, prompts left-padded in one batch per call."""
 
-    def __init__(self, model, rollout: RolloutConfig, eos_ids: set[int], pad_id: int, dtype: str, synced: bool = False):
-        """`synced`: the model is sharded over ranks (FSDP), so every rank keeps stepping until all are done."""
+    def __init__(
+        self,
+        model,
+        rollout: RolloutConfig,
+        eos_ids: set[int],
+        pad_id: int,
+        dtype: str,
+        synced: bool = False,
+        rows: int | None = None,
+    ):
+        """`synced`: the model is sharded over ranks (FSDP), so every rank keeps stepping until all are done.
+        `rows`: sample only ids below it (a teacher whose padded output rows the student does not have)."""
         from transformers import GenerationConfig
 
         self.model = model
@@ -90,6 +100,9 @@ class HFSampler:
             pad_token_id=pad_id,
             repetition_penalty=1.0,
         )
+        whole = model.get_output_embeddings().weight.shape[0]
+        if rows is not None and rows < whole:
+            self.config.suppress_tokens = list(range(rows, whole))
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], seed: int, first_chunk: int = 0) -> list[tuple[list[int], bool]]:

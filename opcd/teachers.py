@@ -32,12 +32,14 @@ class Teacher:
         adapter_off: bool = False,
         ema_decay: float | None = None,
         cache: PrefixCache | None = None,
+        rows: int | None = None,
     ):
         self.model = model
         self.student = student
         self.adapter_off = adapter_off
         self.ema_decay = ema_decay
         self.cache = cache  # only for teachers whose weights never change
+        self.rows = rows  # a teacher with more (padding) output rows than the student: score only the student's
 
     @contextmanager
     def active(self):
@@ -62,7 +64,11 @@ class Teacher:
     @torch.no_grad()
     def head(self, hidden: torch.Tensor, dtype: str) -> torch.Tensor:
         with self.active() as model, autocast(dtype, device_of(model)):
-            return model.get_output_embeddings()(hidden)
+            head = model.get_output_embeddings()
+            if self.rows is None:
+                return head(hidden)
+            bias = None if head.bias is None else head.bias[: self.rows]
+            return torch.nn.functional.linear(hidden, head.weight[: self.rows], bias)
 
     @torch.no_grad()
     def after_step(self) -> None:
@@ -106,9 +112,12 @@ def build_teacher(cfg: ModelConfig, student, student_tokenizer) -> Teacher:
     models.check_compatible(student_tokenizer, teacher_tokenizer, cfg.student, cfg.teacher)
     model = models.load_model(cfg.teacher, cfg.dtype).eval().requires_grad_(False)
     model = model.to(resolve_device(cfg.teacher_device) if cfg.teacher_device else device_of(student))
-    if models.vocab_rows(model) != models.vocab_rows(student):
+    rows, student_rows = models.vocab_rows(model), models.vocab_rows(student)
+    if rows < student_rows:
         raise OpcdError(
-            f"teacher '{cfg.teacher}' has {models.vocab_rows(model)} output rows, student '{cfg.student}' has "
-            f"{models.vocab_rows(student)}: the logits must cover the same vocabulary"
+            f"teacher '{cfg.teacher}' has {rows} output rows, student '{cfg.student}' has {student_rows}: the teacher "
+            "must score every token the student can sample; use a teacher with at least as many rows"
         )
-    return Teacher(model, cache=cache)
+    # Checkpoints of one family pad their output rows differently (Qwen2.5: 151,936 up to 1.5B, 152,064 from 7B);
+    # rows past the tokenizer are never real tokens, so the teacher's extra ones are left out of its distribution.
+    return Teacher(model, cache=cache, rows=student_rows if rows > student_rows else None)

@@ -134,7 +134,13 @@ def _sample(
     else:
         with nullcontext(student) if on_policy else teacher.active() as model:
             sampler = HFSampler(
-                model, cfg.rollout, eos, tokenizer.pad_token_id, cfg.model.dtype, synced=synced and on_policy
+                model,
+                cfg.rollout,
+                eos,
+                tokenizer.pad_token_id,
+                cfg.model.dtype,
+                synced=synced and on_policy,
+                rows=None if on_policy else teacher.rows,
             )
             results = sampler.generate(prompts, seed, first_chunk)
     return [
@@ -292,6 +298,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
                 dtype,
                 seed + ranks.rank,
                 None if on_policy else context,
+                rows=None if on_policy else teacher.rows,
             )
         return episode_rollouts(renderer, episodes, context), sum(e.success for e in episodes)
 

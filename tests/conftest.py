@@ -14,7 +14,14 @@ TOY_CONTEXT = "Always answer like a pirate and start with 'Arr!'."
 
 
 def make_tiny_model(
-    path: Path, tokenizer, *, hidden: int = 32, layers: int = 2, seed: int = 0, init_std: float = 0.2
+    path: Path,
+    tokenizer,
+    *,
+    hidden: int = 32,
+    layers: int = 2,
+    seed: int = 0,
+    init_std: float = 0.2,
+    vocab_size: int | None = None,
 ) -> Path:
     """A randomly initialised Llama with the given tokenizer's vocabulary, saved as a HF directory.
 
@@ -24,7 +31,7 @@ def make_tiny_model(
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(tokenizer),
+        vocab_size=vocab_size or len(tokenizer),  # more: padded output rows, as larger checkpoints have
         hidden_size=hidden,
         intermediate_size=2 * hidden,
         num_hidden_layers=layers,

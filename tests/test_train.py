@@ -169,6 +169,44 @@ def test_cross_size_teacher(tiny_model, prompts_file, tmp_path, smol_tokenizer):
     assert len(read_metrics(run / "metrics.jsonl")) == 2
 
 
+def test_a_teacher_with_padded_output_rows_scores_the_students_rows(tiny_model, prompts_file, tmp_path, smol_tokenizer):
+    from opcd.config import ModelConfig
+    from opcd.models import load_model
+    from opcd.teachers import build_teacher
+
+    vocab = len(smol_tokenizer)
+    padded = make_tiny_model(tmp_path / "padded", smol_tokenizer, hidden=64, seed=1, vocab_size=vocab + 64)
+    student = load_model(str(tiny_model), "fp32")
+    model_cfg = ModelConfig(student=str(tiny_model), teacher=str(padded), dtype="fp32")
+    teacher = build_teacher(model_cfg, student, smol_tokenizer)
+    hidden = torch.randn(2, 3, 64)
+    whole = teacher.model.get_output_embeddings()(hidden)
+    assert whole.shape[-1] == vocab + 64
+    assert torch.allclose(teacher.head(hidden, "fp32"), whole[..., :vocab])
+
+    # sampling (off-policy: the teacher answers) stays on the student's rows, even where a padded row would win
+    from opcd.config import RolloutConfig
+    from opcd.rollout import HFSampler, eos_ids
+
+    weight = teacher.model.get_output_embeddings().weight
+    direction = torch.randn(weight.shape[1])
+    weight.data[vocab], weight.data[vocab + 1] = 1e4 * direction, -1e4 * direction  # one of them tops every step
+    greedy, ids = RolloutConfig(temperature=0, max_new_tokens=4), smol_tokenizer("Hello").input_ids
+    args = (teacher.model, greedy, eos_ids(smol_tokenizer, teacher.model), smol_tokenizer.pad_token_id, "fp32")
+    [(unrestricted, _)] = HFSampler(*args).generate([ids], seed=0)
+    [(restricted, _)] = HFSampler(*args, rows=teacher.rows).generate([ids], seed=0)
+    assert min(unrestricted) >= vocab and max(restricted) < vocab and len(restricted) == 4
+
+    for mode in ("opcd", "offpolicy"):
+        run = _run(tiny_model, prompts_file, tmp_path / mode, **{"model.teacher": str(padded), "loss.mode": mode})
+        assert len(read_metrics(run / "metrics.jsonl")) == 2
+
+    fewer = make_tiny_model(tmp_path / "fewer", smol_tokenizer, seed=2, vocab_size=vocab - 8)
+    with pytest.raises(OpcdError, match=rf"has {vocab - 8} output rows, student .* has {vocab}: the teacher must"):
+        _run(tiny_model, prompts_file, tmp_path / "run2", **{"model.teacher": str(fewer)})
+    assert not (tmp_path / "run2" / "metrics.jsonl").exists()
+
+
 def test_mismatched_teacher_fails_before_training(tiny_model, prompts_file, tmp_path, qwen_tokenizer):
     other = make_tiny_model(tmp_path / "other", qwen_tokenizer)
     with pytest.raises(OpcdError, match=r"has \d+ tokens, student .* has 49152"):
