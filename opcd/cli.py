@@ -228,7 +228,8 @@ def _eval(args) -> None:
     for name, value in results["summary"].items():
         print(f"{name:<28} {value:6.1%}")
     if args.out:
-        from opcd.distill import software, write_atomic
+        from opcd.distill import write_atomic
+        from opcd.versions import software
 
         write_atomic(args.out, json.dumps(results | {"software": software()}, indent=1))
         print(f"responses and scores: {args.out}")

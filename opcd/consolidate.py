@@ -32,11 +32,11 @@ from opcd.distill import (
     best_checkpoint,
     distill_prompt,
     evaluate_ood,
-    software,
     write_atomic,
 )
 from opcd.errors import OpcdError
 from opcd.experience import NO_CONTEXT, WRAPPERS, Candidate, greedy, load_pool, read_json, select, template
+from opcd.versions import software
 
 METHODS = ("offpolicy", "opcd")
 LABELS = {"offpolicy": "Off-policy CD", "opcd": "OPCD"}

@@ -10,7 +10,6 @@ same command after an interruption resumes training and skips what was already m
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -30,6 +29,7 @@ from opcd.prompts import PromptRenderer
 from opcd.tasks import build_scorer, is_grader
 from opcd.tasks.ood import ood_digest
 from opcd.train import check_resumable, train
+from opcd.versions import software
 
 # The CPU-sized training preset `opcd distill-prompt` starts from (without --config): measured on Qwen2.5-Coder-0.5B,
 # 2 cores, ~12 s per step; the README's "Choosing the estimator and learning rate" says why these values.
@@ -73,30 +73,6 @@ def write_atomic(path: Path | str, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)  # a reader never sees half a file
-
-
-SOFTWARE = ("torch", "transformers", "tokenizers", "peft", "accelerate", "safetensors", "gguf", "numpy", "sympy")
-
-
-@functools.cache
-def _software() -> tuple:
-    import platform
-    from importlib.metadata import PackageNotFoundError, version
-
-    from opcd import __version__
-
-    found = {"python": platform.python_version(), "opcd": __version__}
-    for name in SOFTWARE:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = None
-    return tuple(found.items())
-
-
-def software() -> dict:
-    """The versions behind a result, kept beside it: a greedy score is only reproducible with the same libraries."""
-    return dict(_software())
 
 
 def _cached(folder: Path, name: str, key: dict, compute):

@@ -477,7 +477,7 @@ def check_settings(folder: Path, cfg, task) -> None:
     elif any(folder.glob("seed-*.jsonl")):
         raise OpcdError(f"{folder} holds seed files but no {SETTINGS}: use another experience.dir")
     else:
-        from opcd.distill import software
+        from opcd.versions import software
 
         write_json(path, now | {"software": software()})  # kept, not compared: a resume after an upgrade is fine
 

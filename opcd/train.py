@@ -29,6 +29,7 @@ from opcd.prompts import PromptRenderer, check_lengths
 from opcd.rollout import HFSampler, Rollout, autocast, eos_ids, resolve_device
 from opcd.scoring import make_batch, response_hidden, response_logits_whole
 from opcd.teachers import Teacher, build_teacher
+from opcd.versions import changed, software
 
 
 def build_student(cfg: ModelConfig):
@@ -249,6 +250,12 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
         checkpoint.set_rng_state(state["rng"])
         if ranks.main:
             print(f"opcd: resuming {run_dir} from step {start_step}")
+            upgraded = changed(state.get("software", {}))
+            if upgraded:  # allowed (a fix may be why the run is resumed), but the run is no longer one set of versions
+                print(
+                    f"opcd: warning: resuming with other library versions than step {start_step} was trained with "
+                    f"({', '.join(upgraded)}); the steps after it will not match an uninterrupted run exactly"
+                )
     ranks.barrier()  # every rank has read the run directory before rank 0 writes to it
     log = None
     if ranks.main:
@@ -436,6 +443,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
                 "teacher": teacher.state_dict(),
                 "config": cfg.to_dict(),
                 "fsdp": ranks.fsdp,
+                "software": software(),
             }
             if ranks.main:
                 checkpoint.save(

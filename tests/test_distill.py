@@ -7,11 +7,12 @@ import json
 import pytest
 import torch
 
-from opcd import distill
+from opcd import versions
 from opcd.cli import main
 from opcd.config import RolloutConfig, load_config
-from opcd.distill import SOFTWARE, EvalPlan, distill_prompt
+from opcd.distill import EvalPlan, distill_prompt
 from opcd.errors import OpcdError
+from opcd.versions import SOFTWARE
 from tests.conftest import TOY_CONTEXT
 
 TINY_OOD = {
@@ -70,8 +71,8 @@ def test_rerun_reuses_every_evaluation(tiny_model, prompts_file, tmp_path, monke
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "run" / "eval").iterdir()} == saved
     assert again["checkpoint"]["step"] == 2
     # after an upgrade the scores are measured again, not mixed with those the old versions made
-    upgraded = {**distill.software(), "transformers": "9.9.9"}
-    monkeypatch.setattr(distill, "_software", lambda: tuple(upgraded.items()))
+    upgraded = {**versions.software(), "transformers": "9.9.9"}
+    monkeypatch.setattr(versions, "_software", lambda: tuple(upgraded.items()))
     distill_prompt(cfg, _plan(), progress=False)
     now = {p: p.stat().st_mtime_ns for p in (tmp_path / "run" / "eval").iterdir()}
     assert len(now) == 10 and all(now[p] == t for p, t in saved.items())

@@ -89,6 +89,26 @@ def test_resume_reproduces_uninterrupted_run(tiny_model, prompts_file, tmp_path)
     assert [r["loss/value"] for r in rows_a] == [r["loss/value"] for r in rows_b]
 
 
+def test_resume_after_an_upgrade_says_which_versions_changed(tiny_model, prompts_file, tmp_path, capsys):
+    import transformers
+
+    from opcd.checkpoint import load_trainer_state
+
+    run = _run(tiny_model, prompts_file, tmp_path / "run", **{"train.steps": 1, "train.save_every": 1})
+    _run(tiny_model, prompts_file, run, resume=True, **{"train.steps": 2, "train.save_every": 1})
+    assert "other library versions" not in capsys.readouterr().out
+    newest = list_checkpoints(run, resumable=True)[-1][1]
+    state = load_trainer_state(newest)
+    assert state["software"]["transformers"] == transformers.__version__
+    torch.save(state | {"software": {**state["software"], "transformers": "4.0.0"}}, newest / "trainer_state.pt")
+    _run(tiny_model, prompts_file, run, resume=True, **{"train.steps": 3, "train.save_every": 1})
+    out = capsys.readouterr().out
+    assert (
+        f"other library versions than step 2 was trained with (transformers 4.0.0 -> {transformers.__version__})" in out
+    )
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2, 3]  # a warning, not a refusal
+
+
 def test_resume_after_kill_mid_run(tiny_model, prompts_file, tmp_path):
     """A real kill: the process dies right after the step-2 checkpoint; resume then matches the full run."""
     import multiprocessing as mp
