@@ -46,7 +46,19 @@ def test_paths_and_hub_ids(tmp_path):
     assert models.resolve("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"
 
 
-def test_tokenizer_families_are_checked(smol_tokenizer, qwen_tokenizer):
+def test_tokenizer_families_are_checked(smol_tokenizer, qwen_tokenizer, capsys):
+    import copy
+
     models.check_compatible(qwen_tokenizer, qwen_tokenizer, "a", "b")
     with pytest.raises(OpcdError, match="teacher 'b' has"):
         models.check_compatible(smol_tokenizer, qwen_tokenizer, "a", "b")
+    assert "warning" not in capsys.readouterr().out
+    # a template that differs only in its default system text (used when the chat has none) is named, not refused
+    other = copy.deepcopy(qwen_tokenizer)
+    assert "You are Qwen" in other.chat_template
+    other.chat_template = other.chat_template.replace("You are Qwen", "You are a math expert")
+    models.check_compatible(qwen_tokenizer, other, "a", "b")
+    assert "warning: teacher 'b' has another default system text than student 'a'" in capsys.readouterr().out
+    other.chat_template = other.chat_template.replace("<|im_start|>", "<|im_start|> ")
+    with pytest.raises(OpcdError, match="renders chats differently"):
+        models.check_compatible(qwen_tokenizer, other, "a", "b")
