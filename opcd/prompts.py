@@ -97,12 +97,14 @@ class PromptRenderer:
         return PromptPair(self._ids(messages), teacher, _common_prefix(teacher, self.context_prefix(context)))
 
 
-def check_lengths(pairs: list[PromptPair], sources: list[str], limit: int, max_new_tokens: int) -> None:
-    """Fail before training if any teacher prompt plus a full response would not fit the model."""
+def check_lengths(
+    pairs: list[PromptPair], sources: list[str], limit: int, max_new_tokens: int, whose: str = "the model's"
+) -> None:
+    """Fail before training if any teacher prompt plus a full response would not fit the model (`whose` window)."""
     for pair, source in zip(pairs, sources, strict=True):
         need = len(pair.teacher_ids) + max_new_tokens
         if need > limit:
             raise OpcdError(
                 f"{source}: prompt + context is {len(pair.teacher_ids)} tokens; with rollout.max_new_tokens="
-                f"{max_new_tokens} that exceeds the model's limit of {limit} tokens: shorten the context or the prompt"
+                f"{max_new_tokens} that exceeds {whose} limit of {limit} tokens: shorten the context or the prompt"
             )

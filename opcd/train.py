@@ -224,6 +224,9 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
     limit = getattr(student.config, "max_position_embeddings", None) or 10**9
     check_lengths(pairs, [e.source for e in examples], limit, cfg.rollout.max_new_tokens)
     teacher = build_teacher(cfg.model, student, tokenizer)
+    window = getattr(getattr(teacher.model, "config", None), "max_position_embeddings", None) or limit
+    if window < limit:  # a cross-size teacher with a shorter window than the student's
+        check_lengths(pairs, [e.source for e in examples], window, cfg.rollout.max_new_tokens, "the teacher's")
     if cfg.train.gradient_checkpointing:
         if hasattr(student, "activation_checkpointing_enable"):  # transformers >= 5.2x
             student.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

@@ -22,6 +22,7 @@ def make_tiny_model(
     seed: int = 0,
     init_std: float = 0.2,
     vocab_size: int | None = None,
+    max_positions: int = 4096,
 ) -> Path:
     """A randomly initialised Llama with the given tokenizer's vocabulary, saved as a HF directory.
 
@@ -37,7 +38,7 @@ def make_tiny_model(
         num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=4096,
+        max_position_embeddings=max_positions,
         initializer_range=init_std,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,

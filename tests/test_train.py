@@ -227,6 +227,15 @@ def test_a_teacher_with_padded_output_rows_scores_the_students_rows(tiny_model, 
     assert not (tmp_path / "run2" / "metrics.jsonl").exists()
 
 
+def test_prompts_past_a_cross_size_teachers_window_are_refused(tiny_model, prompts_file, tmp_path, smol_tokenizer):
+    short = make_tiny_model(tmp_path / "short", smol_tokenizer, seed=1, max_positions=24)
+    with pytest.raises(
+        OpcdError, match=r"prompt \+ context is \d+ tokens; .* exceeds the teacher's limit of 24 tokens"
+    ):
+        _run(tiny_model, prompts_file, tmp_path / "run", **{"model.teacher": str(short)})
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
 def test_mismatched_teacher_fails_before_training(tiny_model, prompts_file, tmp_path, qwen_tokenizer):
     other = make_tiny_model(tmp_path / "other", qwen_tokenizer)
     with pytest.raises(OpcdError, match=r"has \d+ tokens, student .* has 49152"):
