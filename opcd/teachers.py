@@ -87,9 +87,16 @@ class Teacher:
 
 
 def _frozen_copy(student, dtype: str, device: str):
-    teacher = copy.deepcopy(student).to(models.DTYPES[dtype])
-    if device:
-        teacher = teacher.to(resolve_device(device))
+    """The student's structure with its own copy of every weight, cast one tensor at a time: a whole-model deepcopy
+    would first hold a second full-precision model (an 8B fp32 student: 32 GB more, for a moment)."""
+    cast, target = models.DTYPES[dtype], resolve_device(device) if device else None
+    weights = {  # by id, so tied weights (embedding and head) stay one tensor in the copy
+        id(p): torch.nn.Parameter(p.detach().to(device=target or p.device, dtype=cast, copy=True), requires_grad=False)
+        for p in student.parameters()
+    }
+    teacher = copy.deepcopy(student, memo=weights).to(cast)  # only the buffers (small) are copied whole
+    if target is not None:
+        teacher = teacher.to(target)
     return teacher.eval().requires_grad_(False)
 
 

@@ -189,6 +189,25 @@ def test_cross_size_teacher(tiny_model, prompts_file, tmp_path, smol_tokenizer):
     assert len(read_metrics(run / "metrics.jsonl")) == 2
 
 
+def test_the_frozen_teacher_is_a_separate_copy_in_the_compute_dtype(tiny_model, smol_tokenizer):
+    from opcd.config import ModelConfig
+    from opcd.models import load_model
+    from opcd.teachers import build_teacher
+
+    student = load_model(str(tiny_model), "fp32")
+    original = student.get_output_embeddings().weight.detach().clone()
+    teacher = build_teacher(ModelConfig(student=str(tiny_model), dtype="bf16"), student, smol_tokenizer).model
+    head = teacher.get_output_embeddings().weight
+    assert head is teacher.get_input_embeddings().weight  # still tied, as in the student
+    assert torch.equal(head, original.bfloat16())
+    assert all(p.dtype == torch.bfloat16 and not p.requires_grad for p in teacher.parameters())
+    assert all(p.dtype == torch.float32 and p.requires_grad for p in student.parameters())  # the student is untouched
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+    assert torch.equal(head, original.bfloat16())  # no storage shared with the student
+
+
 def test_a_teacher_with_padded_output_rows_scores_the_students_rows(tiny_model, prompts_file, tmp_path, smol_tokenizer):
     from opcd.config import ModelConfig
     from opcd.models import load_model
