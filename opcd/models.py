@@ -206,7 +206,10 @@ def check_compatible(student_tok, teacher_tok, student_name: str, teacher_name: 
     # Without a system message a template may add its default system text; prompts are rendered with the student's
     # template on both sides, so a teacher with another default (a math-tuned sibling) reads the student's instead.
     bare = [{"role": "user", "content": "U"}]
-    if student_tok.apply_chat_template(bare, tokenize=False) != teacher_tok.apply_chat_template(bare, tokenize=False):
+    differs = student_tok.apply_chat_template(bare, tokenize=False) != teacher_tok.apply_chat_template(
+        bare, tokenize=False
+    )
+    if differs and os.environ.get("RANK", "0") == "0":  # one line per run, not per process
         print(
             f"opcd: warning: teacher '{teacher_name}' has another default system text than student "
             f"'{student_name}'; prompts follow the student's template, so the teacher reads the student's default"

@@ -100,9 +100,9 @@ class HFSampler:
             pad_token_id=pad_id,
             repetition_penalty=1.0,
         )
-        whole = model.get_output_embeddings().weight.shape[0]
-        if rows is not None and rows < whole:
-            self.config.suppress_tokens = list(range(rows, whole))
+        if rows is not None:
+            whole = model.get_output_embeddings().weight.shape[0]
+            self.config.suppress_tokens = list(range(rows, whole)) or None
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], seed: int, first_chunk: int = 0) -> list[tuple[list[int], bool]]:

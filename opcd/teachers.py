@@ -91,7 +91,10 @@ def _frozen_copy(student, dtype: str, device: str):
     would first hold a second full-precision model (an 8B fp32 student: 32 GB more, for a moment)."""
     cast, target = models.DTYPES[dtype], resolve_device(device) if device else None
     weights = {  # by id, so tied weights (embedding and head) stay one tensor in the copy
-        id(p): torch.nn.Parameter(p.detach().to(device=target or p.device, dtype=cast, copy=True), requires_grad=False)
+        id(p): torch.nn.Parameter(
+            p.detach().to(device=target or p.device, dtype=cast if p.is_floating_point() else p.dtype, copy=True),
+            requires_grad=False,
+        )
         for p in student.parameters()
     }
     teacher = copy.deepcopy(student, memo=weights).to(cast)  # only the buffers (small) are copied whole
@@ -114,7 +117,8 @@ def build_teacher(cfg: ModelConfig, student, student_tokenizer) -> Teacher:
             raise OpcdError("model.teacher = 'ema' needs full fine-tuning: set model.lora_rank = 0")
         if cfg.teacher_device:
             raise OpcdError("model.teacher = 'ema' lives beside the student: leave model.teacher_device empty")
-        return Teacher(_frozen_copy(student, cfg.dtype, ""), student=student, ema_decay=cfg.ema_decay)
+        # fp32, as the student's master weights: in bf16 a step of (1 - decay) = 0.001 mostly rounds away
+        return Teacher(_frozen_copy(student, "fp32", ""), student=student, ema_decay=cfg.ema_decay)
     teacher_tokenizer = models.load_tokenizer(cfg.teacher)
     models.check_compatible(student_tokenizer, teacher_tokenizer, cfg.student, cfg.teacher)
     model = models.load_model(cfg.teacher, cfg.dtype).eval().requires_grad_(False)

@@ -17,6 +17,9 @@ fi
 echo "setting up $venv (torch: $torch_spec) ..."
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
+if [ -f "$stamp" ] && [ "$(cut -d' ' -f2- "$stamp")" != "$torch_spec${torch_index:+ $torch_index}" ]; then
+    "$venv/bin/python" -m pip uninstall --quiet -y torch  # pip would keep any installed build that meets the spec
+fi
 if [ -n "$torch_index" ]; then
     "${pip[@]}" --index-url "$torch_index" "$torch_spec"
 else

@@ -189,14 +189,20 @@ def test_cross_size_teacher(tiny_model, prompts_file, tmp_path, smol_tokenizer):
     assert len(read_metrics(run / "metrics.jsonl")) == 2
 
 
-def test_the_frozen_teacher_is_a_separate_copy_in_the_compute_dtype(tiny_model, smol_tokenizer):
+def test_the_frozen_teacher_is_a_separate_copy_in_the_compute_dtype(tiny_model, smol_tokenizer, monkeypatch):
     from opcd.config import ModelConfig
     from opcd.models import load_model
     from opcd.teachers import build_teacher
 
     student = load_model(str(tiny_model), "fp32")
     original = student.get_output_embeddings().weight.detach().clone()
+
+    def whole_copy(*_):
+        raise AssertionError("a weight was copied whole, in the student's precision")
+
+    monkeypatch.setattr(torch.nn.Parameter, "__deepcopy__", whole_copy)  # each weight is cast, never deep-copied
     teacher = build_teacher(ModelConfig(student=str(tiny_model), dtype="bf16"), student, smol_tokenizer).model
+    monkeypatch.undo()
     head = teacher.get_output_embeddings().weight
     assert head is teacher.get_input_embeddings().weight  # still tied, as in the student
     assert torch.equal(head, original.bfloat16())
