@@ -41,11 +41,11 @@ SETTINGS = {
 def child(setting: str, tokens: int, rounds: int) -> None:
     import torch
 
-    from opcd import models
     from opcd.config import DataConfig, RolloutConfig
-    from opcd.data import read_jsonl, resolve_path
-    from opcd.prompts import PromptRenderer
-    from opcd.rollout import HFSampler, eos_ids
+    from opcd.core import models
+    from opcd.core.data import read_jsonl, resolve_path
+    from opcd.core.prompts import PromptRenderer
+    from opcd.core.rollout import HFSampler, eos_ids
 
     models.limit_heap_growth()  # as every opcd command does (a no-op under OPCD_KEEP_MALLOC=1)
     torch.set_num_threads(os.cpu_count() or 1)
@@ -140,7 +140,7 @@ def main() -> None:
         print(f"{setting}: sampling 8 prompts x {args.tokens} tokens, {args.rounds} rounds", flush=True)
         rows += run(setting, args.tokens, args.rounds)
         print(table([r for r in rows if r["setting"] == setting]), flush=True)
-    from opcd.distill import write_atomic
+    from opcd.io import write_text as write_atomic
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     header = f"8 GSM8K prompts x {args.tokens} new tokens, temperature 0.6, {args.rounds} rounds per process\n\n"

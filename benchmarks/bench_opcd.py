@@ -73,7 +73,7 @@ def peak_mib() -> float:
 
 
 def run_opcd(model: str, ctx_tokens: int, steps: int, extra: list[str]) -> dict:
-    from opcd import models
+    from opcd.core import models
 
     tokenizer = models.load_tokenizer(model)
     with tempfile.TemporaryDirectory() as tmp:  # checkpoints of a 0.5B model with optimizer state are 7.5 GB
@@ -82,8 +82,8 @@ def run_opcd(model: str, ctx_tokens: int, steps: int, extra: list[str]) -> dict:
 
 def _run_opcd(model: str, ctx_tokens: int, steps: int, extra: list[str], tokenizer, work: Path) -> dict:
     from opcd.config import load_config
-    from opcd.metrics import read_metrics
-    from opcd.train import train
+    from opcd.core.metrics import read_metrics
+    from opcd.core.train import train
 
     prompts = work / "p.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
@@ -127,7 +127,7 @@ def run_trl(model: str, ctx_tokens: int, steps: int, bf16: bool) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl.experimental.sdft import SDFTConfig, SDFTTrainer
 
-    from opcd import models
+    from opcd.core import models
 
     path = models.resolve(model)
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left", truncation_side="left")
@@ -185,11 +185,11 @@ def run_teacher_scoring(model: str, ctx_tokens: int, repeats: int) -> dict:
     or on top of the cached prefix (the cache is filled once beforehand, as it is once per run in training)."""
     import torch
 
-    from opcd import models
     from opcd.config import DataConfig
-    from opcd.prompts import PromptRenderer
-    from opcd.rollout import autocast
-    from opcd.scoring import PrefixCache, grouped_hidden
+    from opcd.core import models
+    from opcd.core.prompts import PromptRenderer
+    from opcd.core.rollout import autocast
+    from opcd.core.scoring import PrefixCache, grouped_hidden
 
     tokenizer = models.load_tokenizer(model)
     teacher = models.load_model(model, "bf16").eval()

@@ -1,12 +1,13 @@
 """The paper's system-prompt comparison on this CPU: Base, In-Context, off-policy distillation and OPCD.
 
 For each system prompt (four behaviours and one task-accuracy prompt), each method and each seed, one
-`opcd distill-prompt` run (`opcd.distill.distill_prompt`) trains Qwen2.5-Coder-0.5B-Instruct and scores it on held-out
+`opcd distill-prompt` run (`opcd.recipes.system_prompt.distill_prompt`) trains Qwen2.5-Coder-0.5B-Instruct and scores
+it on held-out
 prompts *without* the system prompt, plus the out-of-distribution suites (IF-Eval-style instruction following,
 GSM8K subset). Base and In-Context are the untrained model without and with the prompt (greedy decoding: the same for
 every seed). Writes `results/compare.{md,json,png}`; rerunning skips the runs already finished.
 
-    python benchmarks/compare_prompts.py            # the README's table (about 1.5 hours on 2 cores)
+    python benchmarks/compare_prompts.py            # docs/results.md's table (about 1.5 hours on 2 cores)
     python benchmarks/compare_prompts.py --quick    # one behaviour, one seed, 4 steps: checks the pipeline
 """
 
@@ -24,7 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from opcd.config import RolloutConfig, load_config  # noqa: E402
-from opcd.distill import OOD_DEFAULT, PRESET, EvalPlan, distill_prompt, write_atomic  # noqa: E402
+from opcd.io import write_text as write_atomic  # noqa: E402
+from opcd.recipes.pipeline import OOD_DEFAULT  # noqa: E402
+from opcd.recipes.system_prompt import PRESET, EvalPlan, distill_prompt  # noqa: E402
 
 LEGS = (ROOT / "opcd" / "assets" / "contexts" / "legs.txt").read_text().strip()
 # name: (system prompt, scorer); every behaviour is checkable within the 48-token evaluation budget
@@ -151,7 +154,7 @@ def plot(cells: dict, names: list[str], seeds: list[int], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from opcd.metrics import read_metrics
+    from opcd.core.metrics import read_metrics
 
     names = [n for n in names if _done(cells, n, "opcd", seeds)]
     fig, (bars, curves) = plt.subplots(1, 2, figsize=(13, 4.2))

@@ -19,10 +19,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from opcd import models  # noqa: E402
 from opcd.config import load_config  # noqa: E402
-from opcd.distill import write_atomic  # noqa: E402
+from opcd.core import models  # noqa: E402
 from opcd.experience import MathTask, load_pool, select  # noqa: E402
+from opcd.io import write_text as write_atomic  # noqa: E402
 
 
 def measure(task: MathTask, model, tokenizer, context: str | None, budget: int) -> dict:

@@ -29,7 +29,7 @@ SIZES_1_5B = {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers
 
 def prepare(out: Path) -> None:
     """Copy the 0.5B model's config and tokenizer (no weights) and derive the 1.5B config."""
-    from opcd import models
+    from opcd.core import models
 
     source = Path(models.resolve("qwen2.5-coder-0.5b-instruct"))
     for name, change in (("qwen-0.5b", {}), ("qwen-1.5b", SIZES_1_5B)):
@@ -78,7 +78,7 @@ def run(name: str, overrides: list[str], work: Path, smoke: bool = False) -> dic
     import torch
 
     from opcd.config import load_config
-    from opcd.train import train
+    from opcd.core.train import train
 
     run_dir = work / "runs" / name
     shutil.rmtree(run_dir, ignore_errors=True)

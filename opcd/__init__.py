@@ -1,6 +1,6 @@
 """On-Policy Context Distillation: move a prompt's knowledge into a model's weights."""
 
 from opcd.errors import OpcdError
+from opcd.versions import __version__
 
-__version__ = "0.1.0"
 __all__ = ["OpcdError", "__version__"]

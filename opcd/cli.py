@@ -5,23 +5,33 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
+from opcd.config import DataConfig, RolloutConfig, load_config, validate
+from opcd.core import models
+from opcd.core.train import train
 from opcd.errors import OpcdError
+from opcd.evaluate import PAPER_EVAL, run_eval
+from opcd.experience import extract, load_pool, select, write_selection
+from opcd.games.episodes import source_for
+from opcd.io import write_json
+from opcd.recipes.consolidate import Plan, check_plan, consolidate, write_per_prompt
+from opcd.recipes.consolidate_table import table
+from opcd.recipes.demo import run_demo
+from opcd.recipes.pipeline import OOD_DEFAULT
+from opcd.recipes.system_prompt import PRESET, EvalPlan, distill_prompt
+from opcd.versions import software
 
 
 def _train(args) -> None:
-    from opcd.config import load_config
-    from opcd.train import train
-
     cfg = load_config(args.config, args.overrides)
-    run_dir = train(cfg, resume=args.resume)
+    validate(cfg)  # before a game source loads the tokenizer
+    run_dir = train(cfg, source_for(cfg), resume=args.resume)
     if os.environ.get("RANK", "0") == "0":  # one line per run, not per process
         print(f"opcd: run finished: {run_dir}")
 
 
 def _prepare(args) -> None:
-    from opcd import models
-
     for name in args.models:
         if name not in models.PACKAGED:
             raise OpcdError(f"unknown packaged model '{name}' (known: {', '.join(models.PACKAGED)})")
@@ -29,25 +39,15 @@ def _prepare(args) -> None:
 
 
 def _demo(args) -> None:
-    from opcd.demo import run_demo
-
     _print_results(run_demo(args.run_dir, args.overrides))
 
 
 def _experience_extract(args) -> None:
-    from opcd.config import load_config
-    from opcd.experience import extract
-
     folder = extract(load_config(args.config, args.overrides))
     print(f"opcd: experience written to {folder} (seed-N.jsonl, stairs.png)")
 
 
 def _experience_select(args) -> None:
-    from pathlib import Path
-
-    from opcd.config import load_config
-    from opcd.experience import load_pool, select, write_per_prompt, write_selection
-
     cfg = load_config(args.config, args.overrides)
     folder = Path(cfg.experience.dir)
     pool = load_pool(folder, cfg.experience.token_budget)
@@ -65,8 +65,6 @@ def _experience_select(args) -> None:
 
 
 def _consolidate_plan(args):
-    from opcd.consolidate import Plan
-
     return Plan(
         selection=args.how,
         count=args.count,
@@ -81,18 +79,11 @@ def _consolidate_plan(args):
 
 
 def _experience_consolidate(args) -> None:
-    from opcd.config import load_config
-    from opcd.consolidate import consolidate, table
-
     results = consolidate(load_config(args.config, args.overrides), _consolidate_plan(args))
     print(table(results))
 
 
 def _experience_run(args) -> None:
-    from opcd.config import load_config
-    from opcd.consolidate import check_plan, consolidate, table
-    from opcd.experience import extract
-
     cfg = load_config(args.config, args.overrides)
     plan = _consolidate_plan(args)
     check_plan(cfg, plan)  # before hours of extraction
@@ -127,8 +118,6 @@ def _add_selection_args(p, consolidating: bool) -> None:
 
 
 def _scorer_specs(args) -> tuple[str, ...]:
-    from opcd.errors import OpcdError
-
     if not args.check:
         raise OpcdError(
             "say how to score responses: --check language:fr (a behaviour checker) or --check number (a grader)"
@@ -137,9 +126,6 @@ def _scorer_specs(args) -> tuple[str, ...]:
 
 
 def _eval_rollout(args):
-    from opcd.config import RolloutConfig
-    from opcd.evaluate import PAPER_EVAL
-
     if args.sampling == "paper":
         return RolloutConfig(
             **{**PAPER_EVAL.__dict__, "max_new_tokens": args.max_new_tokens or PAPER_EVAL.max_new_tokens}
@@ -148,9 +134,6 @@ def _eval_rollout(args):
 
 
 def _ood_suites(args) -> dict:
-    from opcd.distill import OOD_DEFAULT
-    from opcd.errors import OpcdError
-
     if args.no_ood:
         return {}
     if args.gsm8k is None:
@@ -162,9 +145,6 @@ def _ood_suites(args) -> dict:
 
 
 def _distill(args) -> None:
-    from opcd.config import load_config
-    from opcd.distill import PRESET, EvalPlan, distill_prompt
-
     context = [f"data.context_file={args.system_prompt_file}"] if args.system_prompt_file else []
     context += [f"data.context={args.system_prompt}"] if args.system_prompt is not None else []
     # without --config: the CPU preset and these options' defaults; with it, only the options given override it
@@ -210,11 +190,6 @@ def _print_results(results: dict) -> None:
 
 
 def _eval(args) -> None:
-    import json
-
-    from opcd.config import DataConfig
-    from opcd.evaluate import run_eval
-
     data = DataConfig(
         prompts=args.prompts,
         context=args.context or "",
@@ -228,10 +203,7 @@ def _eval(args) -> None:
     for name, value in results["summary"].items():
         print(f"{name:<28} {value:6.1%}")
     if args.out:
-        from opcd.distill import write_atomic
-        from opcd.versions import software
-
-        write_atomic(args.out, json.dumps(results | {"software": software()}, indent=1))
+        write_json(args.out, results | {"software": software()})
         print(f"responses and scores: {args.out}")
 
 
@@ -325,9 +297,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from opcd.models import limit_heap_growth
-
-    limit_heap_growth()
+    models.limit_heap_growth()
     args = parser().parse_args(argv)
     try:
         args.func(args)

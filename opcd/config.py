@@ -1,6 +1,6 @@
 """Run configuration: frozen dataclasses, one level of nesting, TOML in, `key=value` overrides, resolved copy saved.
 
-Every field is documented here and in the README's configuration reference (a test keeps the two in step).
+Every field is documented here and in docs/configuration.md (a test keeps the two in step).
 Unknown sections or keys and wrong types fail with one line naming the key.
 """
 
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from opcd.errors import OpcdError
+from opcd.io import write_text
 
 
 @dataclass(frozen=True)
@@ -55,10 +56,15 @@ class RolloutConfig:
     engine: Literal["hf", "vllm"] = "hf"  # who samples the student: HF generate, or a colocated vLLM engine (GPU)
     vllm_gpu_memory: float = 0.3  # engine = vllm: share of the GPU's memory the engine may take
 
+    @classmethod
+    def greedy(cls, max_new_tokens: int, batch_size: int = 0) -> RolloutConfig:
+        """Greedy decoding (evaluation only: training samples at temperature > 0)."""
+        return cls(temperature=0.0, max_new_tokens=max_new_tokens, batch_size=batch_size)
+
 
 @dataclass(frozen=True)
 class LossConfig:
-    mode: Literal["opcd", "offpolicy", "sft"] = "opcd"  # who samples and which loss (see README)
+    mode: Literal["opcd", "offpolicy", "sft"] = "opcd"  # who samples and which loss (docs/methods.md)
     estimator: Literal["topk", "full", "tail", "sampled"] = "full"  # opcd: reverse-KL estimator (topk = paper)
     top_k: int = 256  # topk/tail/offpolicy: size of the token set
     renormalize: bool = False  # topk/offpolicy: renormalize both distributions on the top-k set
@@ -144,7 +150,8 @@ def _coerce(key: str, value, hint):
     return value
 
 
-def _build(raw: dict, source: str) -> Config:
+def build_config(raw: dict, source: str = "defaults") -> Config:
+    """A config from nested dicts (as TOML reads, or as `Config.to_dict` writes); `source` names it in errors."""
     sections = {}
     for f in dataclasses.fields(Config):
         section_cls = typing.get_type_hints(Config)[f.name]
@@ -183,7 +190,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         if not isinstance(raw[section], dict):
             raise OpcdError(f"override '{item}': '{section}' is not a section")
         raw[section][name] = _FromCli(value)
-    return _build(raw, source)
+    return build_config(raw, source)
 
 
 def validate(cfg: Config) -> None:
@@ -204,10 +211,6 @@ def validate(cfg: Config) -> None:
             r.engine == "hf" or l.mode == "opcd",
             "rollout.engine = 'vllm' samples the student (loss.mode = 'opcd'); the off-policy modes sample the teacher "
             "with HF generate: set rollout.engine = 'hf'",
-        ),
-        (
-            not (cfg.data.prompts.startswith("game:") and r.engine == "vllm"),
-            "game episodes are played with HF generate: set rollout.engine = 'hf'",
         ),
         (l.top_k >= 1, "loss.top_k must be >= 1"),
         (0 <= l.discount <= 1, "loss.discount must be in [0, 1]"),
@@ -233,6 +236,4 @@ def save_config(cfg: Config, path: Path) -> None:
         lines.append(f"[{section}]")
         lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
         lines.append("")
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines))
-    tmp.replace(path)
+    write_text(path, "\n".join(lines))

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from tqdm.auto import tqdm
 
 from opcd.config import DataConfig, RolloutConfig
-from opcd.data import Example
-from opcd.prompts import PromptRenderer
-from opcd.rollout import HFSampler, eos_ids
-from opcd.tasks import Scorer
+from opcd.core import models
+from opcd.core.data import Example, load_examples
+from opcd.core.prompts import PromptRenderer
+from opcd.core.rollout import HFSampler, eos_ids
+from opcd.tasks import Scorer, build_scorer
 from opcd.tasks.ood import SUITES
 
 PAPER_EVAL = RolloutConfig(temperature=1.0, top_p=0.95, top_k=20, max_new_tokens=512)
@@ -123,10 +124,6 @@ def run_eval(
     dtype: str = "bf16",
 ) -> dict:
     """`opcd eval`: the model's rate on `data` without and/or with its context, plus the OOD suites."""
-    from opcd import models
-    from opcd.data import load_examples
-    from opcd.tasks import build_scorer
-
     scorer = build_scorer(list(scorer_specs))
     examples = load_examples(data, require_context=side != "without")
     tokenizer = models.load_tokenizer(model_name)

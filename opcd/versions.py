@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import functools
+import platform
+from importlib.metadata import PackageNotFoundError, version
 
+__version__ = "0.2.0"  # opcd's own; pyproject.toml reads it from here
 SOFTWARE = ("torch", "transformers", "tokenizers", "peft", "accelerate", "safetensors", "gguf", "numpy", "sympy")
 
 
 @functools.cache
 def _software() -> tuple:
-    import platform
-    from importlib.metadata import PackageNotFoundError, version
-
-    from opcd import __version__
-
     found = {"python": platform.python_version(), "opcd": __version__}
     for name in SOFTWARE:
         try:

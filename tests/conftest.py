@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from opcd import models
+from opcd.core import models
 
 TOY_CONTEXT = "Always answer like a pirate and start with 'Arr!'."
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from opcd.config import DataConfig
-from opcd.data import load_examples
+from opcd.core.data import load_examples
 from opcd.errors import OpcdError
 
 

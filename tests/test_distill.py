@@ -10,8 +10,8 @@ import torch
 from opcd import versions
 from opcd.cli import main
 from opcd.config import RolloutConfig, load_config
-from opcd.distill import EvalPlan, distill_prompt
 from opcd.errors import OpcdError
+from opcd.recipes.system_prompt import EvalPlan, distill_prompt
 from opcd.versions import SOFTWARE
 from tests.conftest import TOY_CONTEXT
 

@@ -114,7 +114,7 @@ def test_a_replicated_checkpoint_is_not_resumed_under_fsdp(tiny_model, prompts_f
     ],
 )
 def test_launch_configurations_opcd_does_not_run_are_named(monkeypatch, env, message):
-    from opcd.distributed import Ranks
+    from opcd.core.distributed import Ranks
     from opcd.errors import OpcdError
 
     monkeypatch.setenv("WORLD_SIZE", "2")

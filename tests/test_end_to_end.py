@@ -7,8 +7,8 @@ import sys
 
 import torch
 
-from opcd.checkpoint import list_checkpoints
-from opcd.metrics import read_metrics
+from opcd.core.checkpoint import list_checkpoints
+from opcd.core.metrics import read_metrics
 
 
 def test_opcd_train_on_smollm2(tmp_path):

@@ -7,6 +7,7 @@ import json
 import os
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import transformers
@@ -196,9 +197,10 @@ def _extract_config(tiny_model, problems, folder, **extra):
 
 def test_extraction_resumes_where_it_stopped_without_losing_or_repeating(tiny_model, math_files, tmp_path, monkeypatch):
     import opcd.experience as experience
+    import opcd.experience.extraction as extraction
 
     # the tiny random model cannot write lessons: one item per answer, named after the (seeded) answer it came from
-    monkeypatch.setattr(experience, "lesson_items", lambda answer, finished, limit: [f"lesson on {answer!r}"])
+    monkeypatch.setattr(extraction, "lesson_items", lambda answer, finished, limit: [f"lesson on {answer!r}"])
     whole = tmp_path / "whole"
     extract(_extract_config(tiny_model, math_files, whole), progress=False)
     expected = {s: read_records(seed_file(whole, s)) for s in (0, 1)}
@@ -269,15 +271,17 @@ def test_unknown_game_and_bad_template_fail_before_loading_a_model(tiny_model, m
 
 
 def test_games_are_played_turn_by_turn_and_their_turns_are_training_samples(tiny_model, smol_tokenizer, capsys):
-    from opcd import models
     from opcd.config import RolloutConfig
-    from opcd.episodes import episode_rollouts, game_renderer, play, turn_prompt
+    from opcd.core import models
+    from opcd.core.rollout import HFSampler, eos_ids
     from opcd.experience import WRAPPERS
+    from opcd.games.episodes import episode_rollouts, game_renderer, play, turn_prompt
 
     model = models.load_model(str(tiny_model), "fp32")
     renderer = game_renderer(smol_tokenizer, WRAPPERS["game"])
     rollout = RolloutConfig(temperature=1.0, max_new_tokens=5)
-    episodes = play(model, smol_tokenizer, renderer, "frozenlake", [0, 1, 2], rollout, "fp32", sample_seed=3)
+    sampler = HFSampler(model, rollout, eos_ids(smol_tokenizer, model), smol_tokenizer.pad_token_id, "fp32")
+    episodes = play(sampler, smol_tokenizer, renderer, "frozenlake", [0, 1, 2], sample_seed=3)
     assert [e.seed for e in episodes] == [0, 1, 2]
     for e in episodes:
         assert 1 <= len(e.turns) <= 5 and e.reason  # every episode ended, and says why
@@ -285,7 +289,7 @@ def test_games_are_played_turn_by_turn_and_their_turns_are_training_samples(tiny
         assert len(e.observations) == len(e.turns) + 1
         assert e.trace().endswith(f"Result: {'Success' if e.success else 'Failure'}. {e.reason}")
     capsys.readouterr()
-    again = play(model, smol_tokenizer, renderer, "frozenlake", [0, 1, 2], rollout, "fp32", 3, desc="3 test boards")
+    again = play(sampler, smol_tokenizer, renderer, "frozenlake", [0, 1, 2], 3, desc="3 test boards")
     assert [[t.response for t in e.turns] for e in again] == [[t.response for t in e.turns] for e in episodes]
     assert "3 test boards" in capsys.readouterr().err  # long evaluations show a bar over the turns
     samples = episode_rollouts(renderer, episodes, "- EXPERIENCE ITEM: avoid H.")
@@ -299,8 +303,9 @@ def test_games_are_played_turn_by_turn_and_their_turns_are_training_samples(tiny
 
 
 def test_a_game_trains_on_the_turns_of_episodes(tiny_model, tmp_path):
-    from opcd.metrics import read_metrics
-    from opcd.train import train
+    from opcd.core.metrics import read_metrics
+    from opcd.core.train import train
+    from opcd.games.episodes import EpisodeSource, source_for
 
     for mode in ("opcd", "offpolicy"):
         cfg = load_config(
@@ -319,7 +324,9 @@ def test_a_game_trains_on_the_turns_of_episodes(tiny_model, tmp_path):
                 f"train.run_dir={tmp_path / mode}",
             ],
         )
-        rows = read_metrics(train(cfg, progress=False) / "metrics.jsonl")
+        source = source_for(cfg)
+        assert isinstance(source, EpisodeSource)  # the loop gets the game from its source, not from the config
+        rows = read_metrics(train(cfg, source, progress=False) / "metrics.jsonl")
         assert 1 <= rows[0]["rollout/turns"] <= 5 and 0 <= rows[0]["rollout/success"] <= 1
         assert rows[0]["loss/value"] > 0
 
@@ -346,7 +353,7 @@ def _consolidation_config(task, tiny_model, math_files, folder, **extra):
 
 @pytest.mark.parametrize("task", ["math", "frozenlake"])
 def test_consolidation_runs_every_method_and_writes_the_table(task, tiny_model, tiny_teacher, math_files, tmp_path):
-    from opcd.consolidate import Plan, consolidate
+    from opcd.recipes.consolidate import Plan, consolidate
 
     folder = tmp_path / "exp"
     _write_seed(folder, 0, [["Add the ones first."], ["Add the ones first.", "H is a hole."]], validation=0.5)
@@ -386,7 +393,7 @@ def test_consolidation_runs_every_method_and_writes_the_table(task, tiny_model, 
 
 
 def test_a_refusal_inside_a_consolidation_run_comes_back_as_one_line(tiny_model, math_files, tmp_path):
-    from opcd.consolidate import Plan, consolidate
+    from opcd.recipes.consolidate import Plan, consolidate
 
     folder = tmp_path / "exp"
     _write_seed(folder, 0, [["Add the ones first."]], validation=0.5)
@@ -397,7 +404,7 @@ def test_a_refusal_inside_a_consolidation_run_comes_back_as_one_line(tiny_model,
 
 @pytest.mark.parametrize("task", ["math", "frozenlake"])
 def test_consolidation_can_report_the_checkpoint_best_on_validation(task, tiny_model, math_files, tmp_path):
-    from opcd.consolidate import Plan, consolidate
+    from opcd.recipes.consolidate import Plan, consolidate
 
     folder = tmp_path / "exp"
     _write_seed(folder, 0, [["Add the ones first."]], validation=0.5)
@@ -416,7 +423,7 @@ def test_consolidation_can_report_the_checkpoint_best_on_validation(task, tiny_m
 
 @pytest.mark.parametrize("rule", ["last", "validation"])
 def test_the_table_shows_every_finished_run_made_with_the_same_settings(rule, tiny_model, math_files, tmp_path):
-    from opcd.consolidate import Plan, consolidate
+    from opcd.recipes.consolidate import Plan, consolidate
 
     folder = tmp_path / "exp"
     _write_seed(folder, 0, [["Add the ones first."]], validation=0.5)
@@ -445,50 +452,58 @@ def test_the_table_shows_every_finished_run_made_with_the_same_settings(rule, ti
     assert set(other_test["runs"]) == {"0/opcd/seed3"}
 
 
-def test_checkpoint_selection_on_games_takes_the_best_and_the_later_of_a_tie(tmp_path):
-    from opcd.consolidate import Plan, _game_checkpoint
-    from opcd.episodes import VALIDATION_SEEDS
+def test_checkpoint_selection_takes_the_best_on_validation_and_the_later_of_a_tie(tmp_path, monkeypatch):
+    import opcd.recipes.games as games
+    from opcd.games.episodes import VALIDATION_SEEDS, Episode
+    from opcd.recipes.games import GameYardstick
+    from opcd.recipes.pipeline import choose_checkpoint
 
     for step in (2, 4, 6):
         (tmp_path / "checkpoints" / f"step-{step:06d}" / "model").mkdir(parents=True)
-    cfg = load_config(None, ["experience.task=frozenlake", "experience.validation_max=5"])
+    cfg = load_config(None, ["experience.task=frozenlake", "data.context=- EXPERIENCE ITEM: avoid H."])
     scores, calls = {"step-000002": 0.4, "step-000004": 0.4, "step-000006": 0.2}, []
 
-    def rate(model: str, with_context: bool, first: int, n: int, who: str = "") -> dict:
-        calls.append((model, with_context, first, n))
-        return {"rate": scores[Path(model).parent.name]}
+    def success_rate(model, tokenizer, renderer, game, n, max_new_tokens, dtype, context=None, first=0, desc=None):
+        calls.append((context, first, n))
+        return scores[Path(model).parent.name], [Episode(seed=0)]
 
-    step, path, selection = _game_checkpoint(tmp_path, cfg, Plan(checkpoint="validation"), {}, rate)
+    monkeypatch.setattr(games.models, "load_model", lambda path, dtype, device: path)
+    monkeypatch.setattr(games, "success_rate", success_rate)
+    yard = GameYardstick(cfg, test_n=8, validation_n=5)
+    step, path, selection = choose_checkpoint(tmp_path, yard)
     assert step == 4 and path.name == "step-000004" and selection["validation_rates"] == {2: 0.4, 4: 0.4, 6: 0.2}
-    assert {c[1:] for c in calls} == {(False, VALIDATION_SEEDS, 5)}  # without context, on validation environments
-    _game_checkpoint(tmp_path, cfg, Plan(checkpoint="validation"), {}, rate)
+    assert set(calls) == {(None, VALIDATION_SEEDS, 5)}  # without context, on validation environments
+    assert selection["rule"] == f"best on validation (5 environments {VALIDATION_SEEDS}..{VALIDATION_SEEDS + 4})"
+    choose_checkpoint(tmp_path, yard)
     assert len(calls) == 3  # scores are kept: a rerun does not play again
     (tmp_path / "checkpoints" / "step-000002" / "model").rmdir()  # rewritten (a rerun from scratch): scored again
     (tmp_path / "checkpoints" / "step-000002" / "model").mkdir()
     os.utime(tmp_path / "checkpoints" / "step-000002" / "model", (1, 1))
-    _game_checkpoint(tmp_path, cfg, Plan(checkpoint="validation"), {}, rate)
+    choose_checkpoint(tmp_path, yard)
     assert len(calls) == 4
-    assert _game_checkpoint(tmp_path, cfg, Plan(checkpoint="last"), {}, rate)[0] == 6
+    assert choose_checkpoint(tmp_path, GameYardstick(cfg, test_n=8, validation_n=0))[0] == 6  # no split: the last
 
 
 def test_game_success_is_measured_on_the_environments_asked_for(monkeypatch):
-    import opcd.episodes as episodes
+    import opcd.games.episodes as episodes
 
     played = []
 
-    def play(model, tokenizer, renderer, game, seeds, rollout, dtype, seed, context=None, desc=None):
+    def play(sampler, tokenizer, renderer, game, seeds, seed, context=None, desc=None):
         played.append(seeds)
         return [episodes.Episode(seed=s, turns=[], success=s % 2 == 0) for s in seeds]
 
     monkeypatch.setattr(episodes, "play", play)
-    rate, _ = episodes.success_rate(None, None, None, "frozenlake", 3, 8, "fp32", first=episodes.VALIDATION_SEEDS)
+    monkeypatch.setattr(episodes, "eos_ids", lambda tokenizer, model: {0})
+    tokenizer = SimpleNamespace(pad_token_id=0)
+    rate, _ = episodes.success_rate(None, tokenizer, None, "frozenlake", 3, 8, "fp32", first=episodes.VALIDATION_SEEDS)
     assert played == [[50_000, 50_001, 50_002]] and rate == 2 / 3
-    episodes.success_rate(None, None, None, "frozenlake", 2, 8, "fp32")
+    episodes.success_rate(None, tokenizer, None, "frozenlake", 2, 8, "fp32")
     assert played[-1] == [0, 1]  # the test environments
 
 
 def test_checkpoint_selection_needs_a_validation_split(tiny_model, math_files, tmp_path):
-    from opcd.consolidate import Plan, consolidate
+    from opcd.recipes.consolidate import Plan, consolidate
 
     folder = tmp_path / "exp"
     _write_seed(folder, 0, [["Add the ones first."]], validation=0.5)
@@ -509,19 +524,19 @@ def test_a_consolidation_run_killed_for_memory_is_named_as_such(tmp_path):
     import signal
     import time
 
-    from opcd.consolidate import _cell_failure
+    from opcd.recipes.consolidate import cell_failure
 
     process = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(60,))
     process.start()
     os.kill(process.pid, signal.SIGKILL)  # what the out-of-memory killer sends
     process.join()
-    message = _cell_failure(tmp_path / "opcd-seed1", process.exitcode)
+    message = cell_failure(tmp_path / "opcd-seed1", process.exitcode)
     assert "out-of-memory killer" in message and "train.micro_batch_size" in message and "\n" not in message
-    assert "(exit code 1)" in _cell_failure(tmp_path / "opcd-seed1", 1)
+    assert "(exit code 1)" in cell_failure(tmp_path / "opcd-seed1", 1)
 
 
 def test_per_prompt_contexts_come_with_a_training_config(tiny_model, math_files, tmp_path):
-    from opcd.experience import write_per_prompt
+    from opcd.recipes.consolidate import write_per_prompt
 
     folder = tmp_path / "exp"
     _write_seed(folder, 0, [["One."], ["One.", "Two."]])
@@ -535,7 +550,7 @@ def test_per_prompt_contexts_come_with_a_training_config(tiny_model, math_files,
 
 
 def test_the_results_plot_shows_scores_on_a_percent_axis_with_instruction_following_beside(tmp_path, kept_figures):
-    from opcd import consolidate
+    from opcd.recipes import consolidate_table
 
     result = {
         "task": "frozenlake",
@@ -546,7 +561,7 @@ def test_the_results_plot_shows_scores_on_a_percent_axis_with_instruction_follow
         "students": {"offpolicy": [0.0, 0.0], "opcd": [0.0, 0.0]},
         "ood": {"base": 0.467, "offpolicy": [0.358, 0.358], "opcd": [0.442, 0.375]},
     }
-    consolidate._plot(result, tmp_path / "with-ood.png")
+    consolidate_table.plot(result, tmp_path / "with-ood.png")
     scores, ood = kept_figures[-1].axes
     assert scores.get_ylim() == (0, 100) and ood.get_ylim() == (0, 100)  # all zeros stay a flat line at 0 %
     assert [t.get_text() for t in scores.get_xticklabels()] == ["Base", "In-Context", "Off-policy CD", "OPCD"]
@@ -554,5 +569,5 @@ def test_the_results_plot_shows_scores_on_a_percent_axis_with_instruction_follow
     assert [t.get_text() for t in ood.texts] == ["46.7", "35.8", "40.8"]
     opcd_colour = scores.patches[3].get_facecolor()
     assert ood.patches[2].get_facecolor() == opcd_colour  # a method keeps its colour in both panels
-    consolidate._plot({**result, "ood": {}}, tmp_path / "without.png")
+    consolidate_table.plot({**result, "ood": {}}, tmp_path / "without.png")
     assert len(kept_figures[-1].axes) == 1 and (tmp_path / "without.png").stat().st_size > 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from opcd.data import Example
+from opcd.core.data import Example
 from opcd.errors import OpcdError
 from opcd.tasks import build_scorer
 from opcd.tasks.graders import choice, math, number, tagged_answer, yes_no

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from opcd import losses
+from opcd.core import losses
 
 B, T, V = 2, 3, 7
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from opcd import models
+from opcd.core import models
 from opcd.errors import OpcdError
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from opcd.config import DataConfig
+from opcd.core.prompts import PromptRenderer, check_lengths, default_system_text
+from opcd.core.scoring import make_batch, response_hidden, response_logprobs
 from opcd.errors import OpcdError
-from opcd.prompts import PromptRenderer, check_lengths, default_system_text
-from opcd.scoring import make_batch, response_hidden, response_logprobs
 
 CONTEXT = "Answer in French."
 MESSAGES = [{"role": "user", "content": "What is the capital of Italy?"}]

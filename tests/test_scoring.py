@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from opcd.config import DataConfig
-from opcd.prompts import PromptRenderer
-from opcd.scoring import PrefixCache, grouped_hidden
+from opcd.core.prompts import PromptRenderer
+from opcd.core.scoring import PrefixCache, grouped_hidden
 
 from .conftest import make_tiny_model
 
@@ -62,7 +62,7 @@ def test_cached_prefix_scores_equal_uncached(tmp_path, smol_tokenizer, qwen_toke
 
 def test_cached_prefix_on_real_model_in_bf16(smol_tokenizer):
     """The packaged SmolLM2 in bf16: cached and uncached teacher log-probs agree within bf16 rounding."""
-    from opcd import models
+    from opcd.core import models
 
     model = models.load_model("smollm2-135m-instruct", "bf16").eval()
     pairs, responses = _rows(smol_tokenizer)

@@ -8,11 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from opcd.checkpoint import list_checkpoints
 from opcd.config import load_config
+from opcd.core.checkpoint import list_checkpoints
+from opcd.core.metrics import read_metrics
+from opcd.core.train import batch_indices, train
 from opcd.errors import OpcdError
-from opcd.metrics import read_metrics
-from opcd.train import batch_indices, train
 
 from .conftest import make_tiny_model, tiny_overrides
 
@@ -92,7 +92,7 @@ def test_resume_reproduces_uninterrupted_run(tiny_model, prompts_file, tmp_path)
 def test_resume_after_an_upgrade_says_which_versions_changed(tiny_model, prompts_file, tmp_path, capsys):
     import transformers
 
-    from opcd.checkpoint import load_trainer_state
+    from opcd.core.checkpoint import load_trainer_state
 
     run = _run(tiny_model, prompts_file, tmp_path / "run", **{"train.steps": 1, "train.save_every": 1})
     _run(tiny_model, prompts_file, run, resume=True, **{"train.steps": 2, "train.save_every": 1})
@@ -130,7 +130,7 @@ def test_resume_after_kill_mid_run(tiny_model, prompts_file, tmp_path):
 def _train_and_die_after_step_2(overrides):
     import os
 
-    from opcd import checkpoint
+    from opcd.core import checkpoint
 
     real_save = checkpoint.save
 
@@ -191,8 +191,8 @@ def test_cross_size_teacher(tiny_model, prompts_file, tmp_path, smol_tokenizer):
 
 def test_the_frozen_teacher_is_a_separate_copy_in_the_compute_dtype(tiny_model, smol_tokenizer, monkeypatch):
     from opcd.config import ModelConfig
-    from opcd.models import load_model
-    from opcd.teachers import build_teacher
+    from opcd.core.models import load_model
+    from opcd.core.teachers import build_teacher
 
     student = load_model(str(tiny_model), "fp32")
     original = student.get_output_embeddings().weight.detach().clone()
@@ -216,8 +216,8 @@ def test_the_frozen_teacher_is_a_separate_copy_in_the_compute_dtype(tiny_model, 
 
 def test_a_teacher_with_padded_output_rows_scores_the_students_rows(tiny_model, prompts_file, tmp_path, smol_tokenizer):
     from opcd.config import ModelConfig
-    from opcd.models import load_model
-    from opcd.teachers import build_teacher
+    from opcd.core.models import load_model
+    from opcd.core.teachers import build_teacher
 
     vocab = len(smol_tokenizer)
     padded = make_tiny_model(tmp_path / "padded", smol_tokenizer, hidden=64, seed=1, vocab_size=vocab + 64)
@@ -231,7 +231,7 @@ def test_a_teacher_with_padded_output_rows_scores_the_students_rows(tiny_model, 
 
     # sampling (off-policy: the teacher answers) stays on the student's rows, even where a padded row would win
     from opcd.config import RolloutConfig
-    from opcd.rollout import HFSampler, eos_ids
+    from opcd.core.rollout import HFSampler, eos_ids
 
     weight = teacher.model.get_output_embeddings().weight
     direction = torch.randn(weight.shape[1])

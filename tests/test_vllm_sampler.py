@@ -8,12 +8,12 @@ import importlib.util
 import pytest
 import torch
 
-from opcd import models
 from opcd.cli import main
 from opcd.config import RolloutConfig, load_config, validate
+from opcd.core import models
+from opcd.core.rollout import HFSampler
+from opcd.core.vllm_sampler import engine_weights, parse_output, require_vllm, sampling_kwargs
 from opcd.errors import OpcdError
-from opcd.rollout import HFSampler
-from opcd.vllm_sampler import engine_weights, parse_output, require_vllm, sampling_kwargs
 
 NO_VLLM = importlib.util.find_spec("vllm") is None
 

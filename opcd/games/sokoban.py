@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 
 from opcd.errors import OpcdError
-from opcd.games import ACTIONS, STEP_RC, BoardGame, Move, shortest_actions
+from opcd.games.base import ACTIONS, STEP_RC, BoardGame, Move, shortest_actions
 
 Cell = tuple[int, int]
 State = tuple[Cell, Cell]  # (player, box)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from opcd.data import Example
+from opcd.core.data import Example
 from opcd.errors import OpcdError
 from opcd.tasks.behaviours import CHECKERS, build_checker
 from opcd.tasks.graders import GRADERS

@@ -1,0 +1,271 @@
+"""The training loop, top to bottom: sample -> score -> loss -> optimizer step -> log/save.
+
+Per step: draw `prompts_per_step` items of the rollout source (a seeded permutation per epoch, so any step's batch is
+known from the seed alone), sample responses (the student for OPCD, the teacher with context for the off-policy
+baselines), score the same response tokens under the teacher's prompt, and backpropagate the per-token loss
+micro-batch by micro-batch. The loss weights use the token/sequence counts of the *whole* step, so the update does not
+depend on the micro-batch size. Every step reseeds from (seed, step), which together with the saved optimizer state
+makes resume exact. What the rollouts are (prompt rows, game turns) is the source's business, not the loop's.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from opcd.config import Config
+from opcd.core import checkpoint, objectives
+from opcd.core.losses import backward_chunked, reduction_weights, reward_to_go
+from opcd.core.rollout import HFSampler, Policy, Rollout, RolloutSource, autocast, step_seed
+from opcd.core.scoring import make_batch, response_hidden, response_logits_whole
+from opcd.core.setup import Run, set_up
+from opcd.errors import OpcdError
+from opcd.versions import software
+
+
+def batch_indices(n_examples: int, batch: int, seed: int, step: int) -> list[int]:
+    """Examples of step `step` (1-based): a window over back-to-back seeded permutations of the data."""
+    out = []
+    for i in range((step - 1) * batch, step * batch):
+        epoch, j = divmod(i, n_examples)
+        perm = torch.randperm(n_examples, generator=torch.Generator().manual_seed(step_seed(seed, -1 - epoch)))
+        out.append(int(perm[j]))
+    return out
+
+
+def sample(run: Run, indices: list[int], seed: int, first_chunk: int) -> tuple[list[Rollout], dict[str, float]]:
+    """The rollout stage: the student answers its own prompts (vLLM or HF), or the teacher answers with context."""
+    if run.engine is not None:  # vLLM: the student's current weights go into the engine first
+        run.engine.sync(run.student)
+        return run.source.draw(Policy(run.engine, True), indices, seed, first_chunk, run.ranks.rank)
+    on_policy = run.mode.sampler == "student"
+    with nullcontext(run.student) if on_policy else run.teacher.active() as model:
+        sampler = HFSampler(
+            model,
+            run.cfg.rollout,
+            run.eos,
+            run.tokenizer.pad_token_id,
+            run.cfg.model.dtype,
+            synced=run.ranks.fsdp and on_policy,
+            rows=None if on_policy else run.teacher.rows,
+        )
+        return run.source.draw(Policy(sampler, on_policy), indices, seed, first_chunk, run.ranks.rank)
+
+
+def _diagnostics(sums: dict[str, float], mask: torch.Tensor, temp: float, top_k: int):
+    """Per chunk: the full-vocabulary reverse KL and the student's top-k mass (logged, never trained on)."""
+
+    @torch.no_grad()
+    def on_chunk(s_logits, t_logits, pos):
+        logp_s = torch.log_softmax(s_logits.float() / temp, -1)
+        valid = mask[:, pos]
+        sums["topk_mass"] += (logp_s.exp().topk(min(top_k, logp_s.shape[-1]), -1).values.sum(-1) * valid).sum().item()
+        if t_logits is not None:
+            logp_t = torch.log_softmax(t_logits.float() / temp, -1)
+            sums["kl_full"] += ((logp_s.exp() * (logp_s - logp_t)).sum(-1) * valid).sum().item()
+
+    return on_chunk
+
+
+def _heads(run: Run, timers: dict[str, float]):
+    """The student's and the teacher's output heads over hidden states (the teacher's time goes to its timer)."""
+    head, dtype = run.student.get_output_embeddings(), run.cfg.model.dtype
+
+    def student_head(hidden):
+        if run.ranks.fsdp:  # the student's forward already ended in the head (FSDP gathers it with the root)
+            return hidden
+        with autocast(dtype, run.device):
+            return head(hidden)
+
+    def teacher_head(hidden):
+        began = time.perf_counter()
+        logits = run.teacher.head(hidden, dtype).to(run.device)  # a teacher on another device hands its logits over
+        timers["teacher"] += time.perf_counter() - began
+        return logits
+
+    return student_head, teacher_head
+
+
+def backward(run: Run, rollouts: list[Rollout], tokens: int, sequences: int, timers: dict) -> dict[str, float]:
+    """Score and backpropagate this rank's rollouts micro-batch by micro-batch, weighted by the step's totals;
+    returns this rank's sums of the loss and the diagnostics."""
+    cfg, pad = run.cfg, run.tokenizer.pad_token_id
+    temp, dtype, token_loss = (
+        cfg.rollout.temperature,
+        cfg.model.dtype,
+        objectives.token_loss(cfg.loss, cfg.rollout.temperature),
+    )
+    student_head, teacher_head = _heads(run, timers)
+    sums: dict[str, float] = defaultdict(float)
+    for start in range(0, len(rollouts), cfg.train.micro_batch_size):
+        micro = rollouts[start : start + cfg.train.micro_batch_size]
+        responses = [r.response for r in micro]
+        s_batch = make_batch([r.student_prompt for r in micro], responses, pad).to(run.device)
+        mask = s_batch.response_mask
+        weights = reduction_weights(mask, cfg.loss.reduction, total_tokens=tokens, total_sequences=sequences)
+        grad_weights = weights * run.ranks.loss_scale
+        t_hidden = None
+        if run.mode.uses_teacher_logits:
+            began = time.perf_counter()
+            prompts, prefixes = [r.teacher_prompt for r in micro], [r.teacher_prefix for r in micro]
+            t_hidden = run.teacher.hidden(prompts, responses, prefixes, pad, dtype)
+            timers["teacher"] += time.perf_counter() - began
+        began, teacher_before = time.perf_counter(), timers["teacher"]
+        with autocast(dtype, run.device):  # under FSDP: the logits themselves (see student_head)
+            s_hidden = (response_logits_whole if run.ranks.fsdp else response_hidden)(run.student, s_batch)
+        heads, ids = (student_head, teacher_head), s_batch.response_ids
+        loss_fn = token_loss
+        if objectives.needs_returns(cfg.loss):
+            rewards = backward_chunked(
+                s_hidden.detach(),
+                t_hidden,
+                *heads,
+                ids,
+                grad_weights,
+                objectives.sampled_reward(temp),
+                cfg.loss.chunk_size,
+            )
+            loss_fn = objectives.sampled_with_returns(reward_to_go(rewards, mask, cfg.loss.discount), temp)
+        values = backward_chunked(
+            s_hidden, t_hidden, *heads, ids, grad_weights, loss_fn, cfg.loss.chunk_size,
+            on_chunk=_diagnostics(sums, mask, temp, cfg.loss.top_k),
+        )  # fmt: skip
+        sums["loss"] += (values * weights).sum().item()
+        timers["student"] += time.perf_counter() - began - (timers["teacher"] - teacher_before)
+    return sums
+
+
+def update(run: Run, step: int) -> tuple[float, float, bool]:
+    """Sum the ranks' gradients, clip, set the step's learning rate and step AdamW unless the norm is non-finite;
+    returns (grad norm, lr, whether the step was taken)."""
+    t = run.cfg.train
+    run.ranks.sum_grads(run.params)  # every rank now holds the whole step's gradient
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.params, t.max_grad_norm if t.max_grad_norm > 0 else math.inf)
+    if hasattr(grad_norm, "full_tensor"):  # FSDP: a replicated DTensor
+        grad_norm = grad_norm.full_tensor()
+    finite = bool(torch.isfinite(grad_norm))
+    lr = t.lr * min(1.0, step / t.warmup_steps) if t.warmup_steps else t.lr
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    if finite:
+        run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.teacher.after_step()
+    return float(grad_norm), lr, finite
+
+
+def _check_first_kl(run: Run, step: int, kl: float) -> None:
+    if step == 1 and run.mode.uses_teacher_logits and kl < run.cfg.loss.min_kl:
+        raise OpcdError(
+            f"step 1: the student without the context is already within {kl:.2g} nats/token of the teacher "
+            f"(loss.min_kl={run.cfg.loss.min_kl:g}): the context changes nothing for this model, so there is nothing "
+            "to distill. Check that it reaches the teacher (data.placement), or set loss.min_kl=0 to train anyway"
+        )
+
+
+def _warn_topk_leak(run: Run, step: int, mass: float) -> bool:
+    """Once per run: the partial-sum top-k loss is being lowered by mass leaving the top-k (degenerate text)."""
+    if run.cfg.loss.estimator == "topk" and run.mode.sampler == "student" and mass < 0.5 and run.ranks.main:
+        tqdm.write(
+            f"opcd: warning: step {step}: the student keeps only {mass:.0%} of its probability "
+            "in its top-k; the partial-sum top-k loss is lowered by spreading mass outside it (degenerate text). "
+            "Use loss.estimator=tail or full, or a lower train.lr."
+        )
+        return True
+    return False
+
+
+def save(run: Run, step: int) -> None:
+    """Checkpoint `step` (rank 0 writes; under FSDP every rank gathers the full weights and optimizer first)."""
+    weights_now = run.ranks.full_state_dict(run.student) if run.ranks.fsdp else None
+    trainer_state = {
+        "step": step,
+        "optimizer": (
+            run.ranks.full_optimizer_state(run.student, run.optimizer) if run.ranks.fsdp else run.optimizer.state_dict()
+        ),
+        "rng": checkpoint.rng_state(),
+        "teacher": run.teacher.state_dict(),
+        "config": run.cfg.to_dict(),
+        "fsdp": run.ranks.fsdp,
+        "software": software(),
+    }
+    if run.ranks.main:
+        checkpoint.save(
+            run.run_dir, step, run.student, run.tokenizer, trainer_state,
+            keep=run.cfg.train.keep_checkpoints, state_dict=weights_now,
+        )  # fmt: skip
+    del weights_now, trainer_state  # under FSDP: full CPU copies, 6x the model; gone before the next step
+    run.ranks.barrier()
+
+
+def train(cfg: Config, source: RolloutSource | None = None, *, resume: bool = False, progress: bool = True) -> Path:
+    """Train the student as `cfg` says, on rollouts from `source` (default: the rows of `data.prompts`); returns the
+    run directory (checkpoints, metrics.jsonl, config.toml). `resume` continues from its newest checkpoint."""
+    run = set_up(cfg, source, resume)
+    t, ranks = cfg.train, run.ranks
+    mine = run.mine
+    warned = False
+    steps = range(run.start_step + 1, t.steps + 1)
+    bar = tqdm(
+        steps,
+        desc="opcd train",
+        unit="step",
+        disable=not (progress and ranks.main),
+        initial=run.start_step,
+        total=t.steps,
+    )
+    for step in bar:
+        timers: dict[str, float] = defaultdict(float)
+        step_began = time.perf_counter()
+        torch.manual_seed(step_seed(t.seed, step))
+        idx = batch_indices(run.source.size, t.prompts_per_step, t.seed, step)
+        idx = [i for i in idx for _ in range(cfg.rollout.samples_per_prompt)]
+        first_chunk = mine.start // (cfg.rollout.batch_size or (mine.stop - mine.start))
+
+        rollouts, counts = sample(run, idx[mine], step_seed(t.seed, step), first_chunk)
+        timers["generate"] = time.perf_counter() - step_began
+        local = [sum(len(r.response) for r in rollouts), sum(not r.finished for r in rollouts), len(rollouts)]
+        tokens, unfinished, sequences, *counted = (int(v) for v in ranks.sum(local + list(counts.values())))
+
+        sums = backward(run, rollouts, tokens, sequences, timers)
+        names = ["loss", "kl_full", "topk_mass"]
+        sums.update(zip(names, ranks.sum([sums[n] for n in names]), strict=True))
+        kl = sums["kl_full"] / max(tokens, 1)
+        _check_first_kl(run, step, kl)
+
+        began = time.perf_counter()
+        grad_norm, lr, finite = update(run, step)
+        timers["optimizer"] = time.perf_counter() - began
+        step_time = time.perf_counter() - step_began
+
+        metrics = {
+            "loss/value": sums["loss"],
+            "kl/reverse_full": kl,
+            "kl/topk_mass": sums["topk_mass"] / max(tokens, 1),
+            "rollout/response_tokens": tokens / sequences,
+            "rollout/truncated": unfinished / sequences,
+            "optim/grad_norm": grad_norm,
+            "optim/lr": lr,
+            "optim/skipped": float(not finite),
+            **{f"time/{k}": v for k, v in timers.items()},
+            "time/other": step_time - sum(timers.values()),
+            "time/step": step_time,
+            **{f"rollout/{name}": n / len(idx) for name, n in zip(counts, counted, strict=True)},
+        }
+        if not run.mode.uses_teacher_logits:
+            del metrics["kl/reverse_full"]
+        if run.log is not None:
+            run.log.log(step, metrics)
+        warned = warned or _warn_topk_leak(run, step, metrics["kl/topk_mass"])
+        bar.set_postfix(kl=f"{metrics.get('kl/reverse_full', float('nan')):.4f}", loss=f"{sums['loss']:.4f}")
+        if (t.save_every and step % t.save_every == 0) or step == t.steps:
+            save(run, step)
+    if run.log is not None:
+        run.log.close()
+    return run.run_dir

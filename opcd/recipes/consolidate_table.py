@@ -1,0 +1,98 @@
+"""The consolidation table and its bar chart: Base, In-Context, (the teacher in context,) each method's students as
+mean ± standard deviation over training seeds and contexts, and instruction following beside them."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from opcd.io import pyplot, save_figure
+
+LABELS = {"offpolicy": "Off-policy CD", "opcd": "OPCD"}
+
+
+def _mean_std(values: list[float]) -> str:
+    values = [100 * v for v in values]
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def _seeds(r: dict) -> str:
+    by_method = r.get("seeds_by_method") or {}
+    if len({tuple(v) for v in by_method.values()}) > 1:
+        return ", ".join(f"{LABELS[m]} {v}" for m, v in by_method.items())
+    return str(r["seeds"])
+
+
+def table(r: dict) -> str:
+    metric = "accuracy" if r["task"] == "math" else "success"
+    cols = (
+        ["Base", "In-Context"]
+        + (["Teacher in-context"] if r["teacher_in_context"] else [])
+        + [LABELS[m] for m in r["students"]]
+    )
+    values = [_mean_std([r["base"]]), _mean_std(r["in_context"])]
+    if r["teacher_in_context"]:
+        values.append(_mean_std(r["teacher_in_context"]))
+    values += [_mean_std(v) for v in r["students"].values()]
+    if r["ood"]:
+        cols.append("OOD IF-Eval: Base / " + " / ".join(LABELS[m] for m in r["students"]))
+        ood = [_mean_std(r["ood"][m]) if m in r["ood"] else "–" for m in r["students"]]
+        values.append(" / ".join([f"{100 * r['ood']['base']:.1f}"] + ood))
+    lines = [
+        f"Task: {r['task']} ({metric} on {r['test']['n']} {r['test']['prompts']}); student {r['student']}, "
+        f"experience extracted by {r['extracted_by']}, teacher {r['teacher']}; {r['selection']} context"
+        f"{'s' if len(r['in_context']) > 1 else ''}; training seeds {_seeds(r)}"
+        + (f"; checkpoint: {r['checkpoint']['rule']}." if "checkpoint" in r else "."),
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "---|" * len(cols),
+        "| " + " | ".join(values) + " |",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _bars(ax, names: list[str], series: list[list[float]], colors: list[str]) -> None:
+    """Mean ± standard deviation (over seeds) of each series, in percent, on a 0-100 axis."""
+    means = [100 * statistics.mean(v) for v in series]
+    errs = [100 * statistics.stdev(v) if len(v) > 1 else 0 for v in series]
+    ax.bar(names, means, yerr=errs, capsize=4, color=colors)
+    ax.set_ylim(0, 100)
+    for x, (m, e) in enumerate(zip(means, errs, strict=True)):
+        ax.text(x, m + e + 2, f"{m:.1f}", ha="center", fontsize=8)
+
+
+def plot(r: dict, path: Path) -> None:
+    """The table as bars (test score; instruction following beside it when measured)."""
+    names = (
+        ["Base", "In-Context"]
+        + (["Teacher\nin-context"] if r["teacher_in_context"] else [])
+        + [LABELS[m] for m in r["students"]]
+    )
+    series = (
+        [[r["base"]], r["in_context"]]
+        + ([r["teacher_in_context"]] if r["teacher_in_context"] else [])
+        + list(r["students"].values())
+    )
+    ood = r.get("ood") or {}
+    fig, axes = pyplot().subplots(1, 2 if ood else 1, figsize=(10, 3.8) if ood else (6.5, 3.8), squeeze=False)
+    colors = ["#999", "#4a90d9", "#7fb069", "#e07b39", "#c84c4c"][: len(names)]
+    student_color = dict(zip(r["students"], colors[len(names) - len(r["students"]) :], strict=True))
+    _bars(axes[0][0], names, series, colors)
+    axes[0][0].set_ylabel(("accuracy" if r["task"] == "math" else "success") + " (%)")
+    axes[0][0].set_title(f"{r['task']} test", fontsize=10)
+    if ood:
+        methods = [m for m in r["students"] if m in ood]
+        _bars(
+            axes[0][1],
+            ["Base"] + [LABELS[m] for m in methods],
+            [[ood["base"]]] + [ood[m] for m in methods],
+            [colors[0]] + [student_color[m] for m in methods],
+        )
+        axes[0][1].set_ylabel("prompt-level strict (%)")
+        axes[0][1].set_title("out of distribution: instruction following", fontsize=10)
+    fig.suptitle(f"Experience consolidated into {r['student']}", fontsize=11)
+    fig.tight_layout()
+    save_figure(fig, path)

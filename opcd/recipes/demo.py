@@ -1,0 +1,31 @@
+"""`opcd demo`: distill a system prompt into the default model on this CPU and show the effect.
+
+A fixed `opcd distill-prompt` run: "answer in French" into Qwen2.5-Coder-0.5B-Instruct with OPCD (20 steps of 8
+prompts), scored on 24 held-out prompts for the base model without and with the prompt and for the student without
+it, plus the out-of-distribution checks (instruction following, GSM8K) for the base and the student. Re-running with
+the same run directory resumes rather than starting over.
+"""
+
+from __future__ import annotations
+
+from opcd.config import load_config
+from opcd.recipes.system_prompt import PRESET, EvalPlan, distill_prompt
+
+SYSTEM_PROMPT = "Always answer in French, whatever language the question is in."
+CHECKER = "language:fr"
+
+
+def run_demo(run_dir: str, overrides: list[str]) -> dict:
+    cfg = load_config(
+        None,
+        [
+            *PRESET,
+            "model.student=qwen2.5-coder-0.5b-instruct",
+            "data.prompts=opcd:generic_train",
+            f"data.context={SYSTEM_PROMPT}",
+            "train.keep_checkpoints=1",
+            f"train.run_dir={run_dir}",
+            *overrides,
+        ],
+    )
+    return distill_prompt(cfg, EvalPlan(scorer=(CHECKER,)))

@@ -1,0 +1,271 @@
+"""The one pipeline every recipe runs: evaluate the base model -> train -> select a checkpoint -> evaluate the
+student -> report.
+
+A recipe brings a `Yardstick`: how one model scores on the held-out test split, with or without the context, and
+(optionally) on a validation split that chooses the checkpoint, never the test split. The pipeline measures the base
+model without and with the context, trains (resuming what is there), picks the checkpoint (the last one, or the best
+on validation: ties go to the later one), measures that student without the context, runs the out-of-distribution
+suites for the base model and the student, and writes `results.json`, `report.md` and `training.png` into the run
+directory. Every measurement is cached as it finishes (`opcd.io.cached`), so rerunning the same command after an
+interruption resumes training and skips what was already measured.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from opcd.config import Config, RolloutConfig, validate
+from opcd.core import models
+from opcd.core.checkpoint import check_resumable, list_checkpoints
+from opcd.core.data import shared_context
+from opcd.core.metrics import read_metrics
+from opcd.core.prompts import PromptRenderer
+from opcd.core.rollout import RolloutSource
+from opcd.core.train import train
+from opcd.errors import OpcdError
+from opcd.evaluate import out_of_distribution
+from opcd.io import cached, pyplot, save_figure, write_json, write_text
+from opcd.tasks.ood import ood_digest
+from opcd.versions import software
+
+METHOD_NAMES = {"opcd": "OPCD", "offpolicy": "Off-policy distillation", "sft": "SFT on teacher samples"}
+BASE, IN_CONTEXT = "Base, without the prompt", "In-context: base with the prompt"
+# the out-of-distribution suites: (items, decoding) each; n = 0 is all items
+OOD_DEFAULT = {
+    "instructions": (0, RolloutConfig.greedy(128, batch_size=30)),
+    "gsm8k": (20, RolloutConfig.greedy(256, batch_size=20)),
+}
+
+
+def student_name(method: str) -> str:
+    """How results name the trained model (the third row of every table)."""
+    return f"{METHOD_NAMES[method]} student, without the prompt"
+
+
+class Yardstick(Protocol):
+    """How a recipe scores one model."""
+
+    metric: str  # "adherence", "accuracy", "success"
+    scorer: list[str]  # what decides a pass, as the report names it
+    test: dict  # {"prompts": what the test split is, "n": its size}
+    key: dict  # what the test scores depend on besides the model (the cache key)
+    validation: str  # the validation split, as the selection rule names it ("" = report the last checkpoint)
+    last_rule: str  # how the rule reads when there is no validation split
+    validation_key: dict  # what the validation scores depend on besides the model
+    renderer: PromptRenderer  # renders the out-of-distribution prompts (the plain chat template)
+
+    def measure(self, model_path: str, *, with_context: bool, label: str) -> dict:
+        """The model's summary on the test split: at least {"rate", "n"}."""
+
+    def validate(self, model_path: str, label: str) -> float:
+        """The model's rate on the validation split, without the context."""
+
+    def answers(self, base: dict, student: dict) -> list[tuple[str, str, str]]:
+        """(prompt, base answer, student answer) examples for the report; [] for none."""
+
+
+def best_checkpoint(found: list[tuple[int, Path]], score: Callable[[int, Path], float]) -> tuple[int, Path, dict]:
+    """The checkpoint with the best `score(step, path)` (ties: the later one), and every checkpoint's score."""
+    rates = {step: score(step, path) for step, path in found}
+    best = max(rates, key=lambda s: (rates[s], s))
+    return best, dict(found)[best], rates
+
+
+def choose_checkpoint(run: Path, yard: Yardstick) -> tuple[int, Path, dict]:
+    """The checkpoint to report: the last, or the best on the validation split (ties: the later one)."""
+    found = list_checkpoints(run)
+    if not found:
+        raise OpcdError(f"{run} has no checkpoint to evaluate")
+    if not yard.validation:
+        step, path = found[-1]
+        return step, path, {"rule": yard.last_rule}
+
+    def score(step: int, path: Path) -> float:
+        key = {**yard.validation_key, "checkpoint": str(path), "mtime": (path / "model").stat().st_mtime}
+        return cached(
+            run / "eval", f"validation-{step}", key, lambda: yard.validate(str(path / "model"), f"step {step}")
+        )
+
+    best, path, rates = best_checkpoint(found, score)
+    return best, path, {"rule": f"best on {yard.validation}", "validation_rates": rates}
+
+
+def measure_ood(model_path: str, cfg: Config, suites: dict, renderer: PromptRenderer) -> dict:
+    """The out-of-distribution suites' summaries for one model, asked without any context."""
+    model = models.load_model(model_path, cfg.model.dtype, cfg.model.device)
+    results = out_of_distribution(model, renderer.tokenizer, renderer, suites, dtype=cfg.model.dtype)
+    return {name: r.summary() for name, r in results.items()}
+
+
+def _cached_ood(where: Path, key: dict, model_path: str, cfg: Config, suites: dict, renderer: PromptRenderer) -> dict:
+    """The suites' summaries, cached as `where-DIGEST.json`; {} (nothing measured, nothing cached) for no suites."""
+    if not suites:
+        return {}
+    return cached(where.parent, where.name, key, lambda: measure_ood(model_path, cfg, suites, renderer))
+
+
+def _measure_base(cfg: Config, yard: Yardstick, cache: Path, ood: dict, ood_key: dict, progress: bool) -> dict:
+    base = {
+        side: cached(
+            cache,
+            f"base-{side}",
+            yard.key,
+            lambda with_context=with_context, side=side: yard.measure(
+                cfg.model.student, with_context=with_context, label=f"base {side} the prompt"
+            ),
+        )
+        for side, with_context in (("without", False), ("with", True))
+    }
+    base["ood"] = _cached_ood(cache / "base-ood", ood_key, cfg.model.student, cfg, ood, yard.renderer)
+    if base["with"]["rate"] <= base["without"]["rate"] and progress:
+        print(
+            f"opcd: warning: the base model scores {base['without']['rate']:.0%} without the prompt and "
+            f"{base['with']['rate']:.0%} with it: the prompt does not help this model on these prompts"
+        )
+    return base
+
+
+def preflight(cfg: Config) -> None:
+    """The checks that need no model, before a recipe reads its splits: the config, and the run directory's
+    checkpoints (made with this config, or none)."""
+    validate(cfg)
+    check_resumable(Path(cfg.train.run_dir), cfg)
+
+
+def distill_and_measure(
+    cfg: Config,
+    yard: Yardstick,
+    *,
+    ood: dict,
+    keep_weights: bool = True,
+    base_cache: str = "",
+    source: RolloutSource | None = None,
+    progress: bool = True,
+) -> dict:
+    """Evaluate, train, select, evaluate, report; returns (and writes) the results. Rerunning resumes.
+
+    `ood`: the out-of-distribution suites ({} = none); `keep_weights=False` deletes the checkpoints once the results
+    are written (sweeps on a small disk); `base_cache`: where base-model scores are kept for reuse ("" = RUN/eval)."""
+    began = time.time()
+    preflight(cfg)
+    run = Path(cfg.train.run_dir)
+    ood_key = {
+        "model": cfg.model.student,
+        "ood": str(ood),
+        "dtype": cfg.model.dtype,
+        "items": ood_digest(ood.get("instructions", (0, None))[0]),
+    }
+    base = _measure_base(cfg, yard, Path(base_cache) if base_cache else run / "eval", ood, ood_key, progress)
+    run = train(cfg, source, resume=True, progress=progress)
+    step, path, selection = choose_checkpoint(run, yard)
+    student_key = {**yard.key, "checkpoint": str(path), "mtime": (path / "model").stat().st_mtime}
+    student = cached(
+        run / "eval",
+        "student",
+        student_key,
+        lambda: yard.measure(str(path / "model"), with_context=False, label=f"student step {step}"),
+    )
+    key = {**ood_key, **student_key}
+    student["ood"] = _cached_ood(run / "eval" / "student-ood", key, str(path / "model"), cfg, ood, yard.renderer)
+    rows = read_metrics(run / "metrics.jsonl")
+    measured = {BASE: base["without"], IN_CONTEXT: base["with"], student_name(cfg.loss.mode): student}
+    results = {
+        "model": cfg.model.student,
+        "method": cfg.loss.mode,
+        "run_dir": str(run),
+        "context": shared_context(cfg.data),
+        "scorer": yard.scorer,
+        "metric": yard.metric,
+        "test": yard.test,
+        "checkpoint": {"step": step, **selection},
+        "rates": {name: m["rate"] for name, m in measured.items()},
+        "truncated": {name: m.get("truncated", 0.0) for name, m in measured.items()},
+        "ood": {
+            name: {"base": base["ood"][name]["rate"], "student": s["rate"], "n": s["n"]}
+            for name, s in student["ood"].items()
+        },
+        "kl_first": rows[0].get("kl/reverse_full") if rows else None,
+        "kl_last": rows[-1].get("kl/reverse_full") if rows else None,
+        "steps": rows[-1]["step"] if rows else 0,
+        "train_seconds": sum(r["time/step"] for r in rows),
+        "seconds": time.time() - began,
+        "software": software(),
+    }
+    plot(rows, results, run / "training.png", selection.get("validation_rates", {}))
+    write_json(run / "results.json", results)
+    if not keep_weights:  # only now: until results.json exists, a rerun resumes from these
+        shutil.rmtree(run / "checkpoints", ignore_errors=True)
+    write_text(run / "report.md", report(results, yard.answers(base["without"], student)))
+    return results
+
+
+def plot(rows: list[dict], results: dict, path: Path, validation: dict) -> None:
+    """The reverse KL (or loss) over steps with the validation scores, and the three models' test rates."""
+    metric = results["metric"]
+    fig, (left, right) = pyplot().subplots(1, 2, figsize=(10, 3.6))
+    key = "kl/reverse_full" if rows and "kl/reverse_full" in rows[0] else "loss/value"
+    left.plot([r["step"] for r in rows], [r[key] for r in rows], marker="o")
+    left.set_xlabel("step")
+    left.set_ylabel("reverse KL to the teacher (nats/token)" if key.startswith("kl") else "loss")
+    left.set_title("training")
+    left.grid(alpha=0.3)
+    if validation:  # the selection's scores, checkpoint by checkpoint
+        twin = left.twinx()
+        steps = sorted(validation)
+        twin.plot(steps, [100 * validation[s] for s in steps], marker="s", color="#e07b39")
+        twin.set_ylabel(f"validation {metric} (%)", color="#e07b39")
+        twin.set_ylim(0, 105)
+    names, values = zip(*results["rates"].items(), strict=True)
+    right.barh(names, [100 * v for v in values], color=["#999", "#4a90d9", "#e07b39"][: len(values)])
+    right.set_xlabel(f"{metric} on held-out prompts (%)")
+    right.set_xlim(0, 100)
+    right.invert_yaxis()
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def report(results: dict, answers: list[tuple[str, str, str]]) -> str:
+    """`report.md`: the three models' rates, the out-of-distribution change, the KL, and answers before/after."""
+    metric = results["metric"]
+    lines = [
+        f"# opcd distill-prompt: {results['method']}",
+        "",
+        f"Context distilled into `{results['model']}`: {results['context']!r}",
+        f"Scored with `{' '.join(results['scorer'])}` on {results['test']['n']} held-out prompts "
+        f"(`{results['test']['prompts']}`). Checkpoint: step {results['checkpoint']['step']}, "
+        f"{results['checkpoint']['rule']}.",
+        "",
+        f"| model | {metric} | cut at the token budget |",
+        "|---|---|---|",
+        *[f"| {name} | {rate:.1%} | {results['truncated'][name]:.0%} |" for name, rate in results["rates"].items()],
+        "",
+    ]
+    if results["ood"]:
+        lines += [
+            "Out of distribution (without any context):",
+            "",
+            "| suite | base | student | change |",
+            "|---|---|---|---|",
+        ]
+        for name, r in results["ood"].items():
+            lines.append(
+                f"| {name} ({r['n']}) | {r['base']:.1%} | {r['student']:.1%} | "
+                f"{100 * (r['student'] - r['base']):+.1f} points |"
+            )
+        lines.append("")
+    if results["kl_first"] is not None:
+        samples = "the teacher's samples" if results["method"] in ("offpolicy", "sft") else "the student's own samples"
+        lines.append(
+            f"Reverse KL of the student to the teacher on {samples}: step 1 {results['kl_first']:.3f} → step "
+            f"{results['steps']} {results['kl_last']:.3f} nats/token (`metrics.jsonl`, `training.png`)."
+        )
+    lines.append(f"Training {results['train_seconds']:.0f} s; whole run {results['seconds']:.0f} s.")
+    if answers:
+        lines += ["", "## Held-out answers without the prompt: base → student", ""]
+        for prompt, before, after in answers[:6]:
+            lines += [f"- **{prompt}**", f"  - base: {before!r}", f"  - student: {after!r}"]
+    return "\n".join(lines) + "\n"
