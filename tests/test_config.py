@@ -55,7 +55,7 @@ def test_bad_config_names_the_culprit(tmp_path, text, overrides, message):
 def test_validate_catches_impossible_values():
     with pytest.raises(OpcdError, match="data.prompts is not set"):
         validate(Config())
-    with pytest.raises(OpcdError, match="rollout.temperature must be > 0"):
+    with pytest.raises(OpcdError, match=r"rollout.temperature.: 0.0 is out of range: it must be > 0"):
         validate(load_config(None, ["data.prompts=x", "rollout.temperature=0"]))
     with pytest.raises(OpcdError, match="data.user_template must contain"):
         validate(load_config(None, ["data.prompts=x", "data.user_template={prompt}"]))

@@ -76,12 +76,22 @@ def _messages(row: dict, where: str) -> list[dict]:
     return [{"role": "user", "content": prompt}]
 
 
+def read_utf8(path: Path) -> str:
+    """A text file's content; bytes that are not UTF-8 fail with `file:line` and what to do."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise OpcdError(f"{path}:{line}: not valid UTF-8 (byte {raw[e.start]:#04x}): save the file as UTF-8") from None
+
+
 def shared_context(data: DataConfig) -> str:
     if data.context_file:
         path = Path(data.context_file)
         if not path.is_file():
             raise OpcdError(f"data.context_file '{path}' not found")
-        return path.read_text()
+        return read_utf8(path)
     return data.context
 
 
@@ -104,7 +114,7 @@ def read_jsonl(path: Path, advice: str = "") -> list[tuple[str, dict]]:
     if not path.is_file():
         raise OpcdError(f"prompts file '{path}' not found")
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_utf8(path).splitlines(), 1):
         if not line.strip():
             continue
         where = f"{path}:{n}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -144,8 +145,12 @@ def prepare_packaged(model: str) -> Path:
     return target
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
 def resolve(name_or_path: str) -> str:
-    """Map a packaged short name to its prepared directory; pass local paths and hub ids through."""
+    """Map a packaged short name to its prepared directory; pass local directories and hub ids (`owner/name`) through.
+    Anything else fails with one line listing the packaged names."""
     if name_or_path in PACKAGED:
         return str(prepare_packaged(name_or_path))
     path = Path(name_or_path).expanduser()
@@ -153,15 +158,33 @@ def resolve(name_or_path: str) -> str:
         if not (path / "config.json").exists():
             raise OpcdError(f"model '{name_or_path}': directory has no config.json (not a Hugging Face model)")
         return str(path)
-    if name_or_path.startswith((".", "/", "~")):
-        raise OpcdError(f"model '{name_or_path}': no such directory")
+    if name_or_path.startswith((".", "/", "~")) or not _HUB_ID.fullmatch(name_or_path):
+        raise OpcdError(
+            f"model '{name_or_path}': no such directory, and not a packaged name ({', '.join(PACKAGED)}) or a hub id "
+            "(owner/name)"
+        )
     return name_or_path  # a hub id: transformers fetches it where a hub is reachable
+
+
+def _load_failure(name: str, e: Exception) -> OpcdError:
+    """One line for a model that cannot be read: offline hub, corrupt config or tokenizer, truncated weights."""
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    where = Path(name)
+    hint = (
+        "re-copy the model directory (a file in it is corrupt or truncated)"
+        if where.is_dir()
+        else ("check the name and that the hub is reachable, or give a local directory")
+    )
+    return OpcdError(f"model '{name}': cannot load it ({type(e).__name__}: {first}): {hint}")
 
 
 def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve(name_or_path))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolve(name_or_path))
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise _load_failure(name_or_path, e) from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.chat_template:
@@ -171,17 +194,18 @@ def load_tokenizer(name_or_path: str):
 
 def load_model(name_or_path: str, dtype: str = "fp32", device: str | None = None):
     """A causal LM in `dtype` (a LoRA checkpoint comes back merged), on `device` (`auto`: this rank's GPU, else cpu)."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
-    if (Path(name_or_path) / "adapter_config.json").is_file():  # a LoRA checkpoint: base + adapter, merged
-        from peft import AutoPeftModelForCausalLM
+    try:
+        if (Path(name_or_path) / "adapter_config.json").is_file():  # a LoRA checkpoint: base + adapter, merged
+            from peft import AutoPeftModelForCausalLM
 
-        model = AutoPeftModelForCausalLM.from_pretrained(name_or_path, dtype=DTYPES[dtype]).merge_and_unload()
-    else:
-        try:
+            model = AutoPeftModelForCausalLM.from_pretrained(name_or_path, dtype=DTYPES[dtype]).merge_and_unload()
+        else:
             model = AutoModelForCausalLM.from_pretrained(resolve(name_or_path), dtype=DTYPES[dtype])
-        except OSError as e:
-            raise OpcdError(f"model '{name_or_path}': cannot load ({str(e).splitlines()[0]})") from e
+    except (OSError, ValueError, TypeError, KeyError, SafetensorError) as e:
+        raise _load_failure(name_or_path, e) from None
     if device is not None:
         model = model.to(resolve_device(device))
     return model

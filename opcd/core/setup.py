@@ -7,13 +7,14 @@ weights, optimizer, teacher and RNG state from the newest checkpoint, so the run
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from opcd.config import Config, ModelConfig, TrainConfig, save_config, validate
-from opcd.core import checkpoint, models, objectives
+from opcd.core import checkpoint, models, objectives, rundir
 from opcd.core.distributed import Ranks
 from opcd.core.metrics import MetricsLog
 from opcd.core.rollout import PromptSource, RolloutSource, eos_ids, resolve_device
@@ -116,8 +117,21 @@ def _restore(run: Run, state: dict, resumed_from: Path) -> None:
             )
 
 
-def set_up(cfg: Config, source: RolloutSource | None, resume: bool) -> Run:
-    """Check, load and (on resume) restore everything step 1 needs; rank 0 opens the run directory's log."""
+def _lock(run_dir: Path, ranks: Ranks, stack: ExitStack) -> None:
+    """Rank 0 holds the run directory for the run's life (`stack` releases it); every rank learns if it could not."""
+    error = None
+    if ranks.main:
+        try:
+            stack.enter_context(rundir.hold(run_dir))
+        except OpcdError as e:
+            error = e
+    if ranks.sum([float(error is not None)])[0]:
+        raise error or OpcdError(f"{run_dir} is in use by another opcd run (the first process names it)")
+
+
+def set_up(cfg: Config, source: RolloutSource | None, resume: bool | str, stack: ExitStack) -> Run:
+    """Check, lock, load and (on resume) restore everything step 1 needs; rank 0 opens the run directory's log.
+    `stack` holds the run directory's lock until the caller closes it."""
     validate(cfg)
     models.limit_heap_growth()
     if cfg.rollout.engine == "vllm":
@@ -127,6 +141,9 @@ def set_up(cfg: Config, source: RolloutSource | None, resume: bool) -> Run:
     if ranks.fsdp:
         check_fsdp(cfg, source)
     run_dir = Path(cfg.train.run_dir)
+    _lock(run_dir, ranks, stack)
+    if ranks.main:
+        checkpoint.remove_leftovers(run_dir)
     start_step, state, resumed_from = checkpoint.resume_point(run_dir, cfg, resume)
     tokenizer = models.load_tokenizer(cfg.model.student)
     if source is None:

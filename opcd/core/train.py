@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 
 import torch
@@ -96,11 +96,8 @@ def backward(run: Run, rollouts: list[Rollout], tokens: int, sequences: int, tim
     """Score and backpropagate this rank's rollouts micro-batch by micro-batch, weighted by the step's totals;
     returns this rank's sums of the loss and the diagnostics."""
     cfg, pad = run.cfg, run.tokenizer.pad_token_id
-    temp, dtype, token_loss = (
-        cfg.rollout.temperature,
-        cfg.model.dtype,
-        objectives.token_loss(cfg.loss, cfg.rollout.temperature),
-    )
+    temp, dtype = cfg.rollout.temperature, cfg.model.dtype
+    token_loss = objectives.token_loss(cfg.loss, temp)
     student_head, teacher_head = _heads(run, timers)
     sums: dict[str, float] = defaultdict(float)
     for start in range(0, len(rollouts), cfg.train.micro_batch_size):
@@ -192,6 +189,7 @@ def save(run: Run, step: int) -> None:
         "rng": checkpoint.rng_state(),
         "teacher": run.teacher.state_dict(),
         "config": run.cfg.to_dict(),
+        "inputs": checkpoint.inputs_identity(run.cfg),
         "fsdp": run.ranks.fsdp,
         "software": software(),
     }
@@ -204,12 +202,20 @@ def save(run: Run, step: int) -> None:
     run.ranks.barrier()
 
 
-def train(cfg: Config, source: RolloutSource | None = None, *, resume: bool = False, progress: bool = True) -> Path:
+def train(
+    cfg: Config, source: RolloutSource | None = None, *, resume: bool | str = False, progress: bool = True
+) -> Path:
     """Train the student as `cfg` says, on rollouts from `source` (default: the rows of `data.prompts`); returns the
-    run directory (checkpoints, metrics.jsonl, config.toml). `resume` continues from its newest checkpoint."""
-    run = set_up(cfg, source, resume)
-    t, ranks = cfg.train, run.ranks
-    mine = run.mine
+    run directory (checkpoints, metrics.jsonl, config.toml). `resume`: continue from the newest readable checkpoint
+    (True: one must exist; "if-possible": start when there is none). The run directory is locked while it runs."""
+    with ExitStack() as stack:
+        return loop(set_up(cfg, source, resume, stack), progress)
+
+
+def loop(run: Run, progress: bool = True) -> Path:
+    """The steps of a set-up run, from the one after its resume point to `train.steps`."""
+    cfg = run.cfg
+    t, ranks, mine = cfg.train, run.ranks, run.mine
     warned = False
     steps = range(run.start_step + 1, t.steps + 1)
     bar = tqdm(

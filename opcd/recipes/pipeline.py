@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from opcd.config import Config, RolloutConfig, validate
-from opcd.core import models
+from opcd.core import models, rundir
 from opcd.core.checkpoint import check_resumable, list_checkpoints
 from opcd.core.data import shared_context
 from opcd.core.metrics import read_metrics
@@ -150,8 +150,21 @@ def distill_and_measure(
 
     `ood`: the out-of-distribution suites ({} = none); `keep_weights=False` deletes the checkpoints once the results
     are written (sweeps on a small disk); `base_cache`: where base-model scores are kept for reuse ("" = RUN/eval)."""
-    began = time.time()
     preflight(cfg)
+    with rundir.hold(Path(cfg.train.run_dir), progress):  # no other run writes here while this one measures
+        return _distill_and_measure(cfg, yard, ood, keep_weights, base_cache, source, progress)
+
+
+def _distill_and_measure(
+    cfg: Config,
+    yard: Yardstick,
+    ood: dict,
+    keep_weights: bool,
+    base_cache: str,
+    source: RolloutSource | None,
+    progress: bool,
+) -> dict:
+    began = time.time()
     run = Path(cfg.train.run_dir)
     ood_key = {
         "model": cfg.model.student,
@@ -160,7 +173,7 @@ def distill_and_measure(
         "items": ood_digest(ood.get("instructions", (0, None))[0]),
     }
     base = _measure_base(cfg, yard, Path(base_cache) if base_cache else run / "eval", ood, ood_key, progress)
-    run = train(cfg, source, resume=True, progress=progress)
+    run = train(cfg, source, resume="if-possible", progress=progress)
     step, path, selection = choose_checkpoint(run, yard)
     student_key = {**yard.key, "checkpoint": str(path), "mtime": (path / "model").stat().st_mtime}
     student = cached(
