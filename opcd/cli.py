@@ -136,7 +136,7 @@ def _eval_rollout(args):
         return RolloutConfig(
             **{**PAPER_EVAL.__dict__, "max_new_tokens": args.max_new_tokens or PAPER_EVAL.max_new_tokens}
         )
-    return RolloutConfig(temperature=0.0, max_new_tokens=args.max_new_tokens or 48)
+    return RolloutConfig.greedy(args.max_new_tokens or 48)
 
 
 def _ood_suites(args) -> dict:
