@@ -16,7 +16,7 @@ from opcd.config import DataConfig, RolloutConfig
 from opcd.core import models
 from opcd.core.data import Example, load_examples
 from opcd.core.prompts import PromptRenderer
-from opcd.core.rollout import HFSampler, eos_ids
+from opcd.core.rollout import HFSampler
 from opcd.tasks import Scorer, build_scorer
 from opcd.tasks.ood import SUITES
 
@@ -53,7 +53,7 @@ def respond(
 ) -> tuple[list[str], list[bool]]:
     """Decoded responses and whether each ended with EOS, generated in batches (a progress bar with `desc`)."""
     size = rollout.batch_size or GENERATION_BATCH
-    sampler = HFSampler(model, rollout, eos_ids(tokenizer, model), tokenizer.pad_token_id, dtype)
+    sampler = HFSampler.for_model(model, tokenizer, rollout, dtype)
     texts: list[str] = []
     finished: list[bool] = []
     starts = range(0, len(prompts), size)

@@ -485,6 +485,7 @@ def test_checkpoint_selection_takes_the_best_on_validation_and_the_later_of_a_ti
 
 
 def test_game_success_is_measured_on_the_environments_asked_for(monkeypatch):
+    import opcd.core.rollout as rollout
     import opcd.games.episodes as episodes
 
     played = []
@@ -494,7 +495,7 @@ def test_game_success_is_measured_on_the_environments_asked_for(monkeypatch):
         return [episodes.Episode(seed=s, turns=[], success=s % 2 == 0) for s in seeds]
 
     monkeypatch.setattr(episodes, "play", play)
-    monkeypatch.setattr(episodes, "eos_ids", lambda tokenizer, model: {0})
+    monkeypatch.setattr(rollout, "eos_ids", lambda tokenizer, model: {0})
     tokenizer = SimpleNamespace(pad_token_id=0)
     rate, _ = episodes.success_rate(None, tokenizer, None, "frozenlake", 3, 8, "fp32", first=episodes.VALIDATION_SEEDS)
     assert played == [[50_000, 50_001, 50_002]] and rate == 2 / 3

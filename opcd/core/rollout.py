@@ -167,6 +167,11 @@ class HFSampler:
             whole = model.get_output_embeddings().weight.shape[0]
             self.config.suppress_tokens = list(range(rows, whole)) or None
 
+    @classmethod
+    def for_model(cls, model, tokenizer, rollout: RolloutConfig, dtype: str) -> HFSampler:
+        """A sampler that stops at the model's own EOS ids and pads with the tokenizer's pad id."""
+        return cls(model, rollout, eos_ids(tokenizer, model), tokenizer.pad_token_id, dtype)
+
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], seed: int, first_chunk: int = 0) -> list[tuple[list[int], bool]]:
         """Chunks of `batch_size` prompts, each seeded by its index (`first_chunk` + k), so a rank that generates

@@ -81,8 +81,3 @@ def hold(run_dir: Path, progress: bool = True) -> Iterator[None]:
         os.close(fd)
         if failed and created and [p.name for p in run_dir.iterdir()] == [LOCK]:
             shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def is_held(run_dir: Path) -> bool:
-    """Whether this process holds `run_dir`."""
-    return run_dir.resolve() in _held

@@ -8,7 +8,7 @@ import dataclasses
 from opcd.config import Config, DataConfig, RolloutConfig
 from opcd.core.data import check_disjoint, load_examples
 from opcd.core.prompts import PromptRenderer
-from opcd.core.rollout import HFSampler, eos_ids
+from opcd.core.rollout import HFSampler
 from opcd.errors import OpcdError
 from opcd.evaluate import PAPER_EVAL, respond
 from opcd.experience.lessons import LESSON_PROMPTS, WRAPPERS, template
@@ -112,8 +112,7 @@ class GameTask:
 
     def attempt(self, model, index: int, seed: int) -> tuple[str, bool]:
         rollout = sampled(self.cfg.experience.solve_tokens)
-        eos, pad = eos_ids(self.tokenizer, model), self.tokenizer.pad_token_id
-        sampler = HFSampler(model, rollout, eos, pad, self.cfg.model.dtype)
+        sampler = HFSampler.for_model(model, self.tokenizer, rollout, self.cfg.model.dtype)
         [episode] = play(sampler, self.tokenizer, self.renderer, self.game, [TRAINING_SEEDS + index], seed)
         return episode.trace(), episode.success
 

@@ -18,7 +18,7 @@ from opcd.config import Config, DataConfig, RolloutConfig
 from opcd.core import models
 from opcd.core.data import shared_context
 from opcd.core.prompts import PromptRenderer
-from opcd.core.rollout import HFSampler, Policy, Rollout, Sampler, eos_ids
+from opcd.core.rollout import HFSampler, Policy, Rollout, Sampler
 from opcd.errors import OpcdError
 from opcd.games import make_game, parse_action
 
@@ -147,9 +147,7 @@ def success_rate(
     episodes); a progress bar with `desc`."""
     if n < 1:
         raise OpcdError("the number of test environments must be >= 1")
-    sampler = HFSampler(
-        model, RolloutConfig.greedy(max_new_tokens, 32), eos_ids(tokenizer, model), tokenizer.pad_token_id, dtype
-    )
+    sampler = HFSampler.for_model(model, tokenizer, RolloutConfig.greedy(max_new_tokens, 32), dtype)
     episodes = play(sampler, tokenizer, renderer, game, list(range(first, first + n)), 0, context, desc)
     return sum(e.success for e in episodes) / n, episodes
 
