@@ -71,7 +71,7 @@ def add_eval_args(p: argparse.ArgumentParser, sampling: str) -> None:
         "--check",
         action="append",
         metavar="SPEC",
-        help="checker (starts_with:Arr!, language:fr, ...; "
+        help="checker (starts_with:Arr!, language:fr, ifeval:punctuation:no_comma, ...; "
         "repeat to require several) or grader (number, choice, yes_no, math)",
     )
     p.add_argument(

@@ -40,7 +40,12 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    prompts: str = ""  # JSONL: {"prompt": str} or {"messages": [...]}, optional "context" per row
+    prompts: str = ""  # JSONL, parquet, CSV, JSON, a `save_to_disk` folder or hf:org/name; rows as below
+    split: str = "train"  # the split of a hub dataset, or of a saved folder holding several
+    prompt_column: str = "prompt"  # a row's user prompt (a string) ...
+    messages_column: str = "messages"  # ... or its chat messages ([{"role", "content"}, ...], the user's last)
+    context_column: str = "context"  # optional: the row's own context (overrides the shared one)
+    answer_column: str = "answer"  # optional: the reference answer task graders compare with
     context: str = ""  # shared context for rows without their own (e.g. the system prompt to distill)
     context_file: str = ""  # read the shared context from this file instead
     placement: Literal["system", "user"] = "system"  # where the teacher sees the context
@@ -75,7 +80,7 @@ class LossConfig:
     renormalize: bool = False  # topk/offpolicy: renormalize both distributions on the top-k set
     discount: float = 0.0  # sampled: 0 = per-token reward, 1 = reward-to-go (sequence-level KL)
     reduction: Literal["token", "sequence"] = "token"  # global token mean, or per-sequence mean then batch mean
-    chunk_size: int = 64  # response positions per loss chunk (bounds logits memory)
+    chunk_size: int = 32  # response positions per loss chunk (bounds logits memory)
     min_kl: float = 1e-3  # opcd: stop at step 1 if the context changes the teacher less than this (nats/token)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from opcd.errors import OpcdError
@@ -19,6 +21,18 @@ CASES = {
     "json": (['{"answer": 4}', '```json\n{"a": [1, 2]}\n```'], ["[1, 2]", "answer: 4"]),
     "contains:Zorbo": (["I am zorbo, your guide."], ["I am Zorb."]),
     "emoji": (["Sure! 😊", "Sunny ☀ today", "Let's go 🚀"], ["No emoji here :)", "Ünïcödé ß"]),
+    # any language langdetect knows, beyond the stop-word checkers
+    "language:it": (
+        ["La capitale della Francia è Parigi, una città molto bella e antica."],
+        ["The capital of France is Paris, a very old and beautiful city.", "", "1234"],
+    ),
+    "language:en": (["The capital of France is Paris, a very old and beautiful city."], ["Je pense que oui, merci."]),
+    # one IF-Eval instruction, strict: the registry of if-verifiable
+    'ifeval:detectable_format:number_bullet_lists:{"num_bullets": 2}': (
+        ["Two points:\n* first\n* second"],
+        ["Three points:\n* a\n* b\n* c", "No list at all."],
+    ),
+    "ifeval:punctuation:no_comma": (["No commas here."], ["Yes, there is one."]),
 }
 
 
@@ -41,10 +55,25 @@ def test_checkers_compose():
         ("shouting", "unknown checker 'shouting'"),
         ("starts_with", "needs an argument"),
         ("max_words:many", "must be a whole number"),
-        ("language:xx", "supported languages are"),
         ([], "no checker"),
     ],
 )
 def test_bad_checker_specs(spec, message):
     with pytest.raises(OpcdError, match=message):
+        build_checker(spec)
+
+
+@pytest.mark.parametrize(
+    "spec, says",
+    [
+        ("ifeval:keywords:nonsense", "unknown instruction id"),
+        ("ifeval:keywords:existence", "needs kwargs ['keywords']"),  # IF-Eval would draw random keywords
+        ("ifeval:keywords:existence:{keywords: [a]}", "not JSON"),
+        ('ifeval:keywords:existence:["a"]', "must be a JSON object"),
+        ("language:xx", "langdetect knows"),
+        ("ifeval", "needs an argument"),
+    ],
+)
+def test_bad_ifeval_and_language_specs_fail_with_one_line(spec, says):
+    with pytest.raises(OpcdError, match=re.escape(says)):
         build_checker(spec)

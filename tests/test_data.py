@@ -77,3 +77,87 @@ def test_bundled_prompt_sets_are_disjoint():
     assert not {e.messages[0]["content"] for e in train} & {e.messages[0]["content"] for e in held_out}
     with pytest.raises(OpcdError, match="no bundled prompt set 'opcd:nope'"):
         load_examples(DataConfig(prompts="opcd:nope", context="c"))
+
+
+ROWS = [
+    {"question": "What is 2 + 2?", "persona": "Be a pirate.", "gold": "4"},
+    {"question": "Name a colour.", "persona": None, "gold": "red"},
+]
+
+
+def _expect(examples):
+    assert [e.messages for e in examples] == [[{"role": "user", "content": r["question"]}] for r in ROWS]
+    assert [e.context for e in examples] == ["Be a pirate.", "shared"]  # a missing value: the shared context
+    assert [e.answer for e in examples] == ["4", "red"]
+
+
+MAPPED = {"prompt_column": "question", "context_column": "persona", "answer_column": "gold", "context": "shared"}
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "json", "jsonl", "save_to_disk", "save_to_disk_dict"])
+def test_every_format_through_the_column_mapping(tmp_path, fmt):
+    from datasets import Dataset, DatasetDict
+
+    table = Dataset.from_list(ROWS)
+    path = tmp_path / f"rows.{fmt}"
+    if fmt == "parquet":
+        table.to_parquet(path)
+    elif fmt == "csv":
+        table.to_csv(path, index=False)
+    elif fmt == "json":  # a JSON array, which datasets reads as well as JSON lines
+        path.write_text(json.dumps(ROWS))
+    elif fmt == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    elif fmt == "save_to_disk":
+        table.save_to_disk(path)
+    else:
+        DatasetDict({"train": Dataset.from_list(ROWS[:1]), "test": table}).save_to_disk(path)
+        _expect(load_examples(DataConfig(prompts=str(path), split="test", **MAPPED)))
+        with pytest.raises(OpcdError, match=r"no split 'valid' \(splits: train, test\): set data.split"):
+            load_examples(DataConfig(prompts=str(path), split="valid", **MAPPED))
+        return
+    examples = load_examples(DataConfig(prompts=str(path), **MAPPED))
+    _expect(examples)
+    assert examples[1].source == (f"{path}:2" if fmt == "jsonl" else f"{path}[row 1]")
+
+
+def test_messages_column_from_parquet(tmp_path):
+    from datasets import Dataset
+
+    chats = [[{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}]]
+    Dataset.from_list([{"chat": chats[0]}]).to_parquet(tmp_path / "chat.parquet")
+    examples = load_examples(DataConfig(prompts=str(tmp_path / "chat.parquet"), messages_column="chat", context="c"))
+    assert examples[0].messages == chats[0]
+
+
+def test_bad_columns_empty_splits_and_formats_fail_with_one_line(tmp_path):
+    from datasets import Dataset
+
+    Dataset.from_list(ROWS).to_parquet(tmp_path / "rows.parquet")
+    rows = str(tmp_path / "rows.parquet")
+    with pytest.raises(OpcdError, match=r"no column 'prompt' or 'messages' \(columns: question, persona, gold\)"):
+        load_examples(DataConfig(prompts=rows, context="c"))
+    with pytest.raises(OpcdError, match=r"data.answer_column 'solution' is not a column"):
+        load_examples(DataConfig(prompts=rows, prompt_column="question", answer_column="solution", context="c"))
+    Dataset.from_list(ROWS).select([]).to_parquet(tmp_path / "empty.parquet")
+    with pytest.raises(OpcdError, match="has no examples"):
+        load_examples(DataConfig(prompts=str(tmp_path / "empty.parquet"), prompt_column="question", context="c"))
+    (tmp_path / "rows.xlsx").write_text("x")
+    with pytest.raises(OpcdError, match=r"unknown format '.xlsx' \(JSONL, parquet, CSV, JSON"):
+        load_examples(DataConfig(prompts=str(tmp_path / "rows.xlsx"), context="c"))
+    (tmp_path / "broken.parquet").write_text("not parquet")
+    with pytest.raises(OpcdError, match="cannot read dataset '.*broken.parquet'"):
+        load_examples(DataConfig(prompts=str(tmp_path / "broken.parquet"), context="c"))
+
+
+def test_hub_dataset_without_a_hub_fails_with_one_line(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network in the tests: the one-line failure is what is checked
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(OpcdError, match="cannot read dataset 'hf:nobody/nothing'.*hub is reachable"):
+        load_examples(DataConfig(prompts="hf:nobody/nothing", context="c"))
+
+
+def test_bundled_sets_keep_their_own_column_names_under_a_mapping():
+    """distill-prompt's default test split is bundled: a mapping meant for the user's file must not break it."""
+    mapped = load_examples(DataConfig(prompts="opcd:generic_eval", prompt_column="question", context="c"))
+    assert mapped == load_examples(DataConfig(prompts="opcd:generic_eval", context="c"))

@@ -1,9 +1,12 @@
 """Training examples: a user's messages plus the context the teacher sees.
 
-A prompts file is JSONL, one example per line: `{"prompt": "..."}` or `{"messages": [{"role": ..., "content": ...}]}`,
-with an optional `"context"` that overrides the shared one (per-prompt contexts, e.g. one experience set per problem)
-and an optional `"answer"` (the reference answer task graders compare with).
-Blank lines are skipped; anything else malformed fails with `file:line` and the reason.
+A row is `{"prompt": "..."}` or `{"messages": [{"role": ..., "content": ...}]}`, with an optional `"context"` that
+overrides the shared one (per-prompt contexts, e.g. one experience set per problem) and an optional `"answer"` (the
+reference answer task graders compare with); `data.*_column` name other columns for these four.
+
+Rows come from JSONL (read here: blank lines skipped, anything malformed fails with `file:line`), or through 🤗
+`datasets`: a parquet, CSV or JSON file, a folder written by `save_to_disk`, or a hub dataset `hf:org/name`
+(`data.split`). A bad row fails with `source[row N]` and the reason.
 """
 
 from __future__ import annotations
@@ -52,15 +55,23 @@ def check_disjoint(
 
 
 def file_digest(name: str) -> str:
-    """SHA-256 of a prompts file's bytes ("" for no file): cached scores follow the file's content, not its name."""
+    """SHA-256 of a prompts file's bytes, or of a saved dataset folder's files ("" for none; a hub dataset's id):
+    cached scores and resumed runs follow the data's content, not its name."""
     if not name:
         return ""
+    if name.startswith("hf:"):
+        return name
     path = resolve_path(name)
+    if path.is_dir():
+        digest = hashlib.sha256()
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(str(file.relative_to(path)).encode() + b"\0" + file.read_bytes())
+        return digest.hexdigest()
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
 
 
 def _messages(row: dict, where: str) -> list[dict]:
-    if "messages" in row:
+    if row.get("messages") is not None:
         msgs = row["messages"]
         if not isinstance(msgs, list) or not msgs:
             raise OpcdError(f"{where}: 'messages' must be a non-empty list")
@@ -128,12 +139,81 @@ def read_jsonl(path: Path, advice: str = "") -> list[tuple[str, dict]]:
     return rows
 
 
+TABLES = {".parquet": "parquet", ".csv": "csv", ".json": "json"}  # file suffix -> `datasets` loader
+
+
+def _dataset(data: DataConfig):
+    """The rows of a hub dataset, a saved folder or a parquet/CSV/JSON file, through `datasets`."""
+    import datasets
+
+    name = data.prompts
+    datasets.disable_progress_bars()
+    try:
+        if name.startswith("hf:"):
+            return datasets.load_dataset(name[3:], split=data.split)
+        path = resolve_path(name)
+        if path.is_dir():
+            loaded = datasets.load_from_disk(str(path))
+            if isinstance(loaded, datasets.DatasetDict):
+                if data.split not in loaded:
+                    raise OpcdError(f"{name}: no split '{data.split}' (splits: {', '.join(loaded)}): set data.split")
+                return loaded[data.split]
+            return loaded
+        return datasets.load_dataset(TABLES[path.suffix], data_files=str(path), split="train")
+    except OpcdError:
+        raise
+    except Exception as e:  # noqa: BLE001 (datasets and the hub raise many kinds)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        if "corresponds to no data" in first:  # datasets' words for a file without rows
+            raise OpcdError(f"prompts file '{name}' has no examples") from None
+        hint = "check the id and that the hub is reachable, or give a local file" if name.startswith("hf:") else ""
+        raise OpcdError(f"cannot read dataset '{name}': {first}{'; ' + hint if hint else ''}") from None
+
+
+def read_rows(data: DataConfig) -> list[tuple[str, dict]]:
+    """(where, row) for every row of `data.prompts`, with the columns renamed to prompt/messages/context/answer."""
+    name = data.prompts
+    names = {  # bundled sets use the canonical names, whatever the user's own data call theirs
+        "prompt": data.prompt_column,
+        "messages": data.messages_column,
+        "context": data.context_column,
+        "answer": data.answer_column,
+    }
+    if name.startswith("opcd:"):
+        names = {key: key for key in names}
+    if not name.startswith(("hf:", "opcd:")):
+        path = Path(name)
+        if not path.exists():
+            raise OpcdError(f"prompts file '{path}' not found")
+        if path.is_file() and path.suffix not in (*TABLES, ".jsonl"):
+            raise OpcdError(
+                f"prompts file '{path}': unknown format '{path.suffix}' (JSONL, parquet, CSV, JSON, a save_to_disk "
+                "folder, or hf:org/name)"
+            )
+    if name.startswith("opcd:") or resolve_path(name).suffix == ".jsonl":
+        rows = read_jsonl(resolve_path(name))
+    else:
+        table = _dataset(data)
+        columns = set(table.column_names)
+        if names["prompt"] not in columns and names["messages"] not in columns:
+            raise OpcdError(
+                f"{name}: no column '{names['prompt']}' or '{names['messages']}' (columns: "
+                f"{', '.join(table.column_names)}): set data.prompt_column or data.messages_column"
+            )
+        for key in ("context", "answer"):  # a column named on purpose must be there
+            if names[key] != key and names[key] not in columns:
+                raise OpcdError(f"{name}: data.{key}_column '{names[key]}' is not a column ({', '.join(columns)})")
+        rows = [(f"{name}[row {i}]", row) for i, row in enumerate(table)]
+    return [(where, {key: row[col] for key, col in names.items() if col in row}) for where, row in rows]
+
+
 def load_examples(data: DataConfig, require_context: bool = True) -> list[Example]:
     """`require_context=False` for evaluating a model without any context (the rows' contexts may be empty)."""
     default = shared_context(data)
     examples = []
-    for where, row in read_jsonl(resolve_path(data.prompts)):
-        context = row.get("context", default)
+    for where, row in read_rows(data):
+        context = row.get("context")
+        context = default if context is None else context
         if not isinstance(context, str):
             raise OpcdError(f"{where}: 'context' must be a string")
         if require_context and not context.strip():

@@ -2,7 +2,9 @@
 
 Checkers are built from short specs (`starts_with:Arr!`, `language:fr`, `uppercase`, ...) and compose with `all:`
 semantics when several specs are given. They are deliberately simple and transparent, so a reported adherence
-number can be audited by reading the checker.
+number can be audited by reading the checker. Two reach for the standard tools: `ifeval:<instruction id>[:<JSON
+kwargs>]` is one IF-Eval instruction (the registry of `if-verifiable`, strict), and `language:<code>` for a
+language other than fr/es/de is langdetect's answer (the detector IF-Eval itself uses; seeded).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 from opcd.errors import OpcdError
 
@@ -28,9 +31,28 @@ _STOPWORDS = {
 }
 
 
+def _detected_language(code: str) -> Checker:
+    """langdetect's most likely language of the text is `code` (seeded: langdetect is random by default)."""
+    import langdetect
+    from langdetect.detector_factory import PROFILES_DIRECTORY
+
+    known = sorted(Path(PROFILES_DIRECTORY).iterdir())
+    if code not in {p.name for p in known}:
+        raise OpcdError(f"checker 'language:{code}': langdetect knows {', '.join(p.name for p in known)}")
+
+    def check(text: str) -> bool:
+        langdetect.DetectorFactory.seed = 0
+        try:
+            return langdetect.detect(text) == code
+        except langdetect.LangDetectException:  # no letters to go on
+            return False
+
+    return check
+
+
 def _language(code: str) -> Checker:
     if code not in _STOPWORDS or code == "en":
-        raise OpcdError(f"checker 'language:{code}': supported languages are {', '.join(sorted(_STOPWORDS))}")
+        return _detected_language(code)
     own, english = set(_STOPWORDS[code]), set(_STOPWORDS["en"])
 
     def check(text: str) -> bool:
@@ -39,6 +61,37 @@ def _language(code: str) -> Checker:
         # two different function words at least, so a degenerate "Je Je Je" does not count as French
         return len(set(hits)) >= 2 and len(hits) > sum(w in english for w in words)
 
+    return check
+
+
+def _ifeval(arg: str) -> Checker:
+    """`<instruction id>[:<JSON kwargs>]`, e.g. `detectable_format:number_bullet_lists:{"num_bullets": 3}`."""
+    from if_verifiable.common import evaluate_instructions
+    from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT
+
+    ids = sorted((i for i in INSTRUCTION_DICT if arg == i or arg.startswith(i + ":")), key=len)
+    if not ids:
+        raise OpcdError(f"checker 'ifeval:{arg}': unknown instruction id (known: {', '.join(INSTRUCTION_DICT)})")
+    instruction, rest = ids[-1], arg[len(ids[-1]) + 1 :]
+    try:
+        kwargs = json.loads(rest) if rest else {}
+    except json.JSONDecodeError as e:
+        raise OpcdError(f"checker 'ifeval:{arg}': the kwargs after the id are not JSON ({e.msg})") from None
+    if not isinstance(kwargs, dict):
+        raise OpcdError(f"checker 'ifeval:{arg}': the kwargs must be a JSON object, e.g. {{\"num_words\": 50}}")
+    needed = set(INSTRUCTION_DICT[instruction](instruction).get_instruction_args_keys()) - {"prompt"}
+    if needed - set(kwargs):  # IF-Eval would draw the missing ones at random: a checker must not
+        raise OpcdError(f"checker 'ifeval:{instruction}' needs kwargs {sorted(needed)}, got {sorted(kwargs)}")
+
+    def check(text: str) -> bool:
+        results, scores = evaluate_instructions(text, [instruction], [kwargs], "", INSTRUCTION_DICT)
+        return len(results) == 1 and scores.binary_strict == 1.0
+
+    try:
+        check("A short answer.")  # a bad kwarg value, or a checker that needs data not installed, fails here
+    except Exception as e:  # noqa: BLE001 (whatever the instruction's own code raises)
+        first = (str(e).splitlines() or [""])[0][:200]
+        raise OpcdError(f"checker 'ifeval:{arg}' cannot run: {type(e).__name__}: {first}") from None
     return check
 
 
@@ -71,6 +124,7 @@ CHECKERS: dict[str, Callable[[str], Checker]] = {
     "max_words": lambda arg: lambda text: 0 < _words(text) <= int(arg),
     "json": lambda arg: _json_object,
     "emoji": lambda arg: lambda text: bool(_EMOJI.search(text)),
+    "ifeval": _ifeval,
 }
 
 
@@ -84,7 +138,7 @@ def build_checker(specs: list[str] | str) -> Checker:
         name, _, arg = spec.partition(":")
         if name not in CHECKERS:
             raise OpcdError(f"unknown checker '{name}' (known: {', '.join(CHECKERS)})")
-        if name in ("starts_with", "ends_with", "contains", "language", "max_words") and not arg:
+        if name in ("starts_with", "ends_with", "contains", "language", "max_words", "ifeval") and not arg:
             raise OpcdError(f"checker '{name}' needs an argument, e.g. {name}:...")
         if name == "max_words" and not arg.isdigit():
             raise OpcdError(f"checker 'max_words:{arg}': the argument must be a whole number")
