@@ -51,16 +51,20 @@ def respond(
     seed: int = 0,
     desc: str | None = None,
 ) -> tuple[list[str], list[bool]]:
-    """Decoded responses and whether each ended with EOS, generated in batches (a progress bar with `desc`)."""
+    """Decoded responses and whether each ended with EOS, generated in batches (a progress bar with `desc`).
+    Greedy decoding batches the prompts by length (less padding; the answers do not depend on the grouping)."""
     size = rollout.batch_size or GENERATION_BATCH
     sampler = HFSampler.for_model(model, tokenizer, rollout, dtype)
-    texts: list[str] = []
-    finished: list[bool] = []
+    order = list(range(len(prompts)))
+    if rollout.temperature == 0:
+        order.sort(key=lambda i: len(prompts[i]))
+    texts: list[str] = [""] * len(prompts)
+    finished: list[bool] = [False] * len(prompts)
     starts = range(0, len(prompts), size)
     for n, start in enumerate(tqdm(starts, desc=desc, unit="batch", disable=desc is None, leave=False)):
-        for ids, done in sampler.generate(prompts[start : start + size], seed + n):
-            texts.append(tokenizer.decode(ids, skip_special_tokens=True))
-            finished.append(done)
+        rows = order[start : start + size]
+        for row, (ids, done) in zip(rows, sampler.generate([prompts[i] for i in rows], seed + n), strict=True):
+            texts[row], finished[row] = tokenizer.decode(ids, skip_special_tokens=True), done
     return texts, finished
 
 

@@ -10,7 +10,9 @@ import torch
 from opcd import versions
 from opcd.cli import main
 from opcd.config import RolloutConfig, load_config
+from opcd.core import models
 from opcd.errors import OpcdError
+from opcd.recipes.pipeline import base_cache_dir
 from opcd.recipes.system_prompt import EvalPlan, distill_prompt
 from opcd.versions import SOFTWARE
 from tests.conftest import TOY_CONTEXT
@@ -179,3 +181,14 @@ def test_config_values_are_not_overridden_by_option_defaults(tiny_model, prompts
     args.func(args)
     saved = (run / "config.toml").read_text()
     assert 'mode = "sft"' in saved and str(prompts_file) in saved and str(tiny_model) in saved
+
+
+def test_packaged_base_models_share_one_score_cache_and_local_ones_do_not(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPCD_CACHE", str(tmp_path / "cache"))
+    packaged = load_config(None, ["model.student=qwen2.5-coder-0.5b-instruct", f"train.run_dir={tmp_path}/a"])
+    folder, extra = base_cache_dir(packaged, "")
+    assert folder == tmp_path / "cache" / "scores"
+    assert extra == {"weights": models.PACKAGED["qwen2.5-coder-0.5b-instruct"].sha256}
+    local = load_config(None, [f"model.student={tiny_model}", f"train.run_dir={tmp_path}/b"])
+    assert base_cache_dir(local, "") == (tmp_path / "b" / "eval", {})  # a local directory's weights may change
+    assert base_cache_dir(local, str(tmp_path / "sweep")) == (tmp_path / "sweep", {})

@@ -55,26 +55,17 @@ PACKAGED: dict[str, PackagedModel] = {
 }
 
 
-def limit_heap_growth() -> None:
-    """Hand freed tensor memory back to the OS (glibc only): tensors of ever-changing sizes (every step's batch has
-    other lengths) otherwise fragment the heap, and a 0.5B training run grew past 24 GB here in 12 steps. A fixed
-    mmap threshold of 1 MB makes every large block its own mapping, returned when freed. It costs time (measured
-    here: a 65 s step took 80 s); OPCD_KEEP_MALLOC=1 leaves the allocator alone."""
-    import ctypes
-    import sys
-
-    if sys.platform.startswith("linux") and not os.environ.get("OPCD_KEEP_MALLOC"):
-        try:
-            ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
-        except (OSError, AttributeError):  # not glibc
-            pass
-
-
 def cache_dir() -> Path:
     """Where prepared models live: $OPCD_CACHE, else $XDG_CACHE_HOME/opcd, else ~/.cache/opcd."""
     if os.environ.get("OPCD_CACHE"):
         return Path(os.environ["OPCD_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "opcd"
+
+
+def packaged_identity(name: str) -> str | None:
+    """The verified SHA-256 of a packaged model's weights (they never change under that name); None for a local
+    directory or a hub id, whose weights may."""
+    return PACKAGED[name].sha256 if name in PACKAGED else None
 
 
 def _package_dir(name: str, model: str, spec: PackagedModel) -> Path:

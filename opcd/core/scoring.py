@@ -108,7 +108,7 @@ def _expanded_cache(model, prefix: PrefixKV, rows: int):
     return DynamicCache(ddp_cache_data=layers, config=model.config)
 
 
-def _cache_kwarg(decoder, cache) -> dict:
+def cache_kwarg(decoder, cache) -> dict:
     """transformers renamed `past_key_values` to `cache` in 5.2x; speak whichever this version takes."""
     name = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
     return {name: cache, "use_cache": cache is not None}
@@ -123,7 +123,7 @@ def response_hidden(model, batch: Batch) -> Tensor:
         input_ids=batch.input_ids,
         attention_mask=batch.full_attention_mask(),
         position_ids=batch.position_ids,
-        **_cache_kwarg(decoder, cache),
+        **cache_kwarg(decoder, cache),
     )
     start = batch.prompt_width - 1
     return out.last_hidden_state[:, start : start + batch.response_ids.shape[1]].contiguous()
@@ -165,7 +165,7 @@ def compute_prefix(model, ids: tuple[int, ...]) -> PrefixKV:
 
     cache = DynamicCache(config=model.config)
     decoder = decoder_of(model)
-    decoder(input_ids=torch.tensor([ids], device=model_device(model)), **_cache_kwarg(decoder, cache))
+    decoder(input_ids=torch.tensor([ids], device=model_device(model)), **cache_kwarg(decoder, cache))
     return PrefixKV(ids, [(layer.keys, layer.values) for layer in cache.layers])
 
 
@@ -236,7 +236,7 @@ def packed_hidden(model, prefix: PrefixKV, prompts: list[list[int]], responses: 
         input_ids=torch.tensor([[tok for row in rows for tok in row]], device=device),
         attention_mask=mask.to(device),
         position_ids=(offset + n)[None].to(device),
-        **_cache_kwarg(decoder, _expanded_cache(model, prefix, 1)),
+        **cache_kwarg(decoder, _expanded_cache(model, prefix, 1)),
     ).last_hidden_state[0]
     # the state predicting response token t of row i sits just before it: row start + len(prompt rest) - 1 + t
     starts = torch.tensor([0, *torch.tensor([len(r) for r in rows]).cumsum(0)[:-1].tolist()])

@@ -108,19 +108,32 @@ def _cached_ood(where: Path, key: dict, model_path: str, cfg: Config, suites: di
     return cached(where.parent, where.name, key, lambda: measure_ood(model_path, cfg, suites, renderer))
 
 
-def _measure_base(cfg: Config, yard: Yardstick, cache: Path, ood: dict, ood_key: dict, progress: bool) -> dict:
+def base_cache_dir(cfg: Config, base_cache: str) -> tuple[Path, dict]:
+    """Where the base model's scores are kept, and what their key adds: `base_cache` if given; else, for a packaged
+    model (fixed, verified weights), one folder shared by every run (`OPCD_CACHE/scores`), so a second run with the
+    same model, prompts and settings measures only the student; else the run's own `eval` folder."""
+    if base_cache:
+        return Path(base_cache), {}
+    weights = models.packaged_identity(cfg.model.student)
+    if weights is not None:
+        return models.cache_dir() / "scores", {"weights": weights}
+    return Path(cfg.train.run_dir) / "eval", {}
+
+
+def _measure_base(cfg: Config, yard: Yardstick, base_cache: str, ood: dict, ood_key: dict, progress: bool) -> dict:
+    cache, extra = base_cache_dir(cfg, base_cache)
     base = {
         side: cached(
             cache,
             f"base-{side}",
-            yard.key,
+            {**yard.key, **extra},
             lambda with_context=with_context, side=side: yard.measure(
                 cfg.model.student, with_context=with_context, label=f"base {side} the prompt"
             ),
         )
         for side, with_context in (("without", False), ("with", True))
     }
-    base["ood"] = _cached_ood(cache / "base-ood", ood_key, cfg.model.student, cfg, ood, yard.renderer)
+    base["ood"] = _cached_ood(cache / "base-ood", {**ood_key, **extra}, cfg.model.student, cfg, ood, yard.renderer)
     if base["with"]["rate"] <= base["without"]["rate"] and progress:
         print(
             f"opcd: warning: the base model scores {base['without']['rate']:.0%} without the prompt and "
@@ -149,7 +162,8 @@ def distill_and_measure(
     """Evaluate, train, select, evaluate, report; returns (and writes) the results. Rerunning resumes.
 
     `ood`: the out-of-distribution suites ({} = none); `keep_weights=False` deletes the checkpoints once the results
-    are written (sweeps on a small disk); `base_cache`: where base-model scores are kept for reuse ("" = RUN/eval)."""
+    are written (sweeps on a small disk); `base_cache`: where base-model scores are kept for reuse ("" =
+    `base_cache_dir`'s choice)."""
     preflight(cfg)
     with rundir.hold(Path(cfg.train.run_dir), progress):  # no other run writes here while this one measures
         return _distill_and_measure(cfg, yard, ood, keep_weights, base_cache, source, progress)
@@ -172,7 +186,7 @@ def _distill_and_measure(
         "dtype": cfg.model.dtype,
         "items": ood_digest(ood.get("instructions", (0, None))[0]),
     }
-    base = _measure_base(cfg, yard, Path(base_cache) if base_cache else run / "eval", ood, ood_key, progress)
+    base = _measure_base(cfg, yard, base_cache, ood, ood_key, progress)
     run = train(cfg, source, resume="if-possible", progress=progress)
     step, path, selection = choose_checkpoint(run, yard)
     student_key = {**yard.key, "checkpoint": str(path), "mtime": (path / "model").stat().st_mtime}

@@ -46,7 +46,7 @@ class EvalPlan:
     rollout: RolloutConfig = RolloutConfig.greedy(48)
     ood: dict = field(default_factory=lambda: dict(OOD_DEFAULT))  # {} = no out-of-distribution suites
     keep_weights: bool = True  # False: delete the checkpoints after evaluation (sweeps on a small disk)
-    base_cache: str = ""  # where base-model scores are kept for reuse ("" = RUN/eval); sweeps share one
+    base_cache: str = ""  # where base-model scores are kept ("" = shared for packaged models, else RUN/eval)
 
 
 def _split(cfg: Config, prompts: str, max_prompts: int) -> DataConfig:
