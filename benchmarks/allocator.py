@@ -1,29 +1,38 @@
-"""What the 1 MB mmap threshold every `opcd` command sets costs sampling on this CPU, and whether a static cache helps.
+"""What the allocator costs a training step, in time and in peak memory.
 
-Every setting runs in its own process: the packaged Qwen2.5-Coder-0.5B samples the same 8 GSM8K test prompts
-(temperature 0.6, bf16 autocast over fp32 weights, the same seeds, `--tokens` new tokens) `--rounds` times in a row, as
-a training run samples one step after another. Per round it records wall, user and system (kernel) seconds and minor
-page faults; per setting, peak resident memory. Settings:
+Each setting trains the packaged Qwen2.5-Coder-0.5B with `configs/system_prompt.toml` (full fine-tuning, 8 prompts a
+step) in a fresh process, and records the median `time/*` of steps 2 onwards, the peak resident memory, the seconds
+spent in the kernel and the minor page faults of the whole process, and the resident memory after every step.
+Settings:
 
-- `dynamic, mmap 1 MB`: transformers' default (dynamic) key/value cache under the 1 MB mmap threshold that
-  `models.limit_heap_growth` sets (every block of 1 MB or more is mapped when allocated and unmapped when freed);
-- `dynamic, glibc default`: the same cache, glibc left alone (`OPCD_KEEP_MALLOC=1`);
-- `static, mmap 1 MB`: a key/value cache allocated once per `generate` call, under the 1 MB threshold.
+- `mmap 1 MB`: glibc, every block of 1 MB or more mapped when allocated and unmapped when freed (what opcd set
+  before 0.2.0, and what `train()` falls back to without mimalloc);
+- `glibc default`: glibc left alone (blocks over its dynamic threshold, at most 32 MB, are still mapped and unmapped);
+- `glibc heap`: glibc, every block from the heap and the heap never trimmed (no mapping at all);
+- `glibc + huge pages`: glibc left alone, torch's allocations of 2 MB or more in huge pages (`THP_MEM_ALLOC_ENABLE=1`);
+- `mimalloc`: mimalloc preloaded, its default settings (freed pages purged after 10 ms);
+- `opcd`: what the `opcd` command does (`opcd/core/heap.py`): mimalloc preloaded, freed pages kept for reuse.
 
-    .venv/bin/python benchmarks/allocator.py                        # 8 prompts x 512 tokens, 2 rounds (about 10 min)
-    .venv/bin/python benchmarks/allocator.py --tokens 64 --rounds 1 # a quick look
+Two runs: `short` (6 steps, 32-token answers: the default preset's step) and `long` (12 steps, 256-token answers: the
+run that grew past 24 GB under glibc's default and was killed).
 
-Writes `benchmarks/results/allocator.{md,json,png}`.
+    .venv/bin/python benchmarks/allocator.py --runs short                       # every setting (about 18 min)
+    .venv/bin/python benchmarks/allocator.py --runs long --settings "mmap 1 MB" opcd    # (about 45 min)
+
+Writes `benchmarks/results/allocator.{md,json,png}` after every finished run; a row replaces the earlier one of the
+same run and setting, so runs can be measured one at a time. Nothing else may run on the machine meanwhile.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
-import resource
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,122 +40,139 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT))
 
-SETTINGS = {
-    "dynamic, mmap 1 MB": {"cache": "dynamic", "env": {}},
-    "dynamic, glibc default": {"cache": "dynamic", "env": {"OPCD_KEEP_MALLOC": "1"}},
-    "static, mmap 1 MB": {"cache": "static", "env": {}},
-}
+from opcd.core import heap  # noqa: E402 (after the path)
+
+SETTINGS = ("mmap 1 MB", "glibc default", "glibc heap", "glibc + huge pages", "mimalloc", "opcd")
+RUNS = {"short": (6, 32), "long": (12, 256)}  # name: (steps, max_new_tokens)
+PARTS = ("generate", "teacher", "student", "optimizer", "step")
 
 
-def child(setting: str, tokens: int, rounds: int) -> None:
-    import torch
-
-    from opcd.config import DataConfig, RolloutConfig
-    from opcd.core import models
-    from opcd.core.data import read_jsonl, resolve_path
-    from opcd.core.prompts import PromptRenderer
-    from opcd.core.rollout import HFSampler, eos_ids
-
-    models.limit_heap_growth()  # as every opcd command does (a no-op under OPCD_KEEP_MALLOC=1)
-    torch.set_num_threads(os.cpu_count() or 1)
-    name = "qwen2.5-coder-0.5b-instruct"
-    tokenizer = models.load_tokenizer(name)
-    model = models.load_model(name, "fp32")
-    renderer = PromptRenderer(tokenizer, DataConfig())  # the plain chat template, as the student sees prompts
-    rows = [row for _, row in read_jsonl(resolve_path("opcd:gsm8k_test"))][:8]
-    prompts = [renderer.student_ids([{"role": "user", "content": r["prompt"]}]) for r in rows]
-    rollout = RolloutConfig(temperature=0.6, max_new_tokens=tokens)
-    sampler = HFSampler(model, rollout, eos_ids(tokenizer, model), tokenizer.pad_token_id, "bf16")
-    sampler.config.cache_implementation = SETTINGS[setting]["cache"]
-    for r in range(rounds):
-        before, began = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-        out = sampler.generate(prompts, seed=r)
-        after, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - began
-        print(
-            json.dumps(
-                {
-                    "setting": setting,
-                    "round": r + 1,
-                    "wall_s": wall,
-                    "user_s": after.ru_utime - before.ru_utime,
-                    "system_s": after.ru_stime - before.ru_stime,
-                    "minor_faults": after.ru_minflt - before.ru_minflt,
-                    "new_tokens": sum(len(t) for t, _ in out),
-                    "peak_rss_gb": after.ru_maxrss / 2**20,
-                }
-            ),
-            flush=True,
-        )
+def child_env(setting: str) -> dict:
+    """The environment a setting's process starts with (a preloaded library must be there from the start)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "OPCD_KEEP_MALLOC", "OPCD_RELAUNCHED")}
+    if setting == "opcd":
+        return heap.preload_env(env) or env
+    env["OPCD_KEEP_MALLOC"] = "1"  # opcd leaves the allocator alone; the setting decides
+    if setting == "glibc + huge pages":
+        env["THP_MEM_ALLOC_ENABLE"] = "1"
+    if setting == "mimalloc":
+        env["LD_PRELOAD"] = str(heap.mimalloc_library())
+    return env
 
 
-def run(setting: str, tokens: int, rounds: int) -> list[dict]:
-    env = {k: v for k, v in os.environ.items() if k != "OPCD_KEEP_MALLOC" and not k.startswith("MALLOC_")}
-    env |= SETTINGS[setting]["env"]
-    cmd = [sys.executable, __file__, "--child", setting, "--tokens", str(tokens), "--rounds", str(rounds)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.exit(f"allocator benchmark: setting {setting!r} failed:\n{done.stderr[-3000:]}")
-    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+def child(setting: str, args: list[str]) -> None:
+    """Train under `setting` (this process), as `opcd train` would."""
+    libc = ctypes.CDLL("libc.so.6")
+    if setting == "mmap 1 MB":
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    if setting == "glibc heap":
+        libc.mallopt(-4, 0)  # M_MMAP_MAX: no mapping
+        libc.mallopt(-1, ctypes.c_int(2**31 - 1))  # M_TRIM_THRESHOLD: never trimmed
+    from opcd.cli import main as opcd_main
+
+    sys.exit(opcd_main(["train", *args]))
+
+
+def run(setting: str, steps: int, tokens: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        args = [
+            str(ROOT / "configs" / "system_prompt.toml"),
+            f"train.steps={steps}",
+            f"rollout.max_new_tokens={tokens}",
+            "train.save_every=0",
+            "train.tensorboard=false",
+            f"train.run_dir={tmp}/run",
+        ]
+        began = time.perf_counter()
+        command = [sys.executable, __file__, "--child", setting, "--", *args]
+        proc = subprocess.Popen(command, cwd=ROOT, env=child_env(setting))
+        _, status, usage = os.wait4(proc.pid, 0)
+        if status != 0:
+            raise RuntimeError(f"{setting}: the training process failed (wait status {status})")
+        rows = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
+    later = rows[1:]
+    return {
+        "setting": setting,
+        "steps": steps,
+        "tokens": tokens,
+        **{f"{p}_s": statistics.median(r[f"time/{p}"] for r in later) for p in PARTS},
+        "response_tokens": statistics.mean(r["rollout/response_tokens"] for r in rows),
+        "wall_s": time.perf_counter() - began,
+        "user_s": usage.ru_utime,
+        "system_s": usage.ru_stime,
+        "minor_faults": usage.ru_minflt,
+        "peak_rss_gb": usage.ru_maxrss / 2**20,
+        "resident_gb": [r.get("memory/resident_gib", float("nan")) for r in rows],
+    }
 
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| Setting | Round | Wall s | User s | System s | Minor faults | New tokens | Tokens/s | Peak RSS GB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| run | setting | generate s | teacher s | student s | optimizer s | step s | kernel s | minor faults | "
+        "peak RSS GiB | resident after last step GiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['setting']} | {r['round']} | {r['wall_s']:.1f} | {r['user_s']:.1f} | {r['system_s']:.1f} | "
-            f"{r['minor_faults']:,} | {r['new_tokens']} | {r['new_tokens'] / r['wall_s']:.1f} | "
-            f"{r['peak_rss_gb']:.2f} |"
+            f"| {r['steps']} steps × ≤{r['tokens']} tokens | {r['setting']} | {r['generate_s']:.2f} | "
+            f"{r['teacher_s']:.2f} | {r['student_s']:.2f} | {r['optimizer_s']:.2f} | {r['step_s']:.2f} | "
+            f"{r['system_s']:.0f} | {r['minor_faults']:,} | {r['peak_rss_gb']:.2f} | {r['resident_gb'][-1]:.2f} |"
         )
     return "\n".join(lines)
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
+    from opcd.io import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for setting in SETTINGS:
-        mine = [r for r in rows if r["setting"] == setting]
-        rounds = [r["round"] for r in mine]
-        axes[0].plot(rounds, [r["new_tokens"] / r["wall_s"] for r in mine], marker="o", label=setting)
-        axes[1].plot(rounds, [r["system_s"] for r in mine], marker="o", label=setting)
-    axes[0].set(xlabel="round", ylabel="new tokens / s", title="Sampling speed")
-    axes[1].set(xlabel="round", ylabel="seconds in the kernel", title="System time per round")
-    for ax in axes:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    plt = pyplot()
+    runs = sorted({(r["steps"], r["tokens"]) for r in rows})
+    fig, axes = plt.subplots(1, 1 + len(runs), figsize=(5 * (1 + len(runs)), 4))
+    labels = [f"{r['setting']}\n{r['steps']}×≤{r['tokens']}" for r in rows]
+    axes[0].bar(range(len(rows)), [r["step_s"] for r in rows], color="tab:blue")
+    axes[0].set_xticks(range(len(rows)), labels, fontsize=7)
+    axes[0].set(ylabel="median step time (s)", title="Step time")
+    for ax, (steps, tokens) in zip(axes[1:], runs, strict=True):
+        for r in rows:
+            if (r["steps"], r["tokens"]) == (steps, tokens):
+                ax.plot(range(1, len(r["resident_gb"]) + 1), r["resident_gb"], marker="o", label=r["setting"])
+        ax.set(xlabel="step", ylabel="resident memory after the step (GiB)", title=f"{steps} steps × ≤{tokens} tokens")
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokens", type=int, default=512)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--child", choices=list(SETTINGS), help=argparse.SUPPRESS)
+    parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS))
+    parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))
+    parser.add_argument("--render", action="store_true", help="rewrite the table and plot from allocator.json only")
+    parser.add_argument("--child", choices=SETTINGS, help=argparse.SUPPRESS)
+    parser.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.tokens, args.rounds)
+        child(args.child, args.rest)
         return
-    rows = []
-    for setting in SETTINGS:
-        print(f"{setting}: sampling 8 prompts x {args.tokens} tokens, {args.rounds} rounds", flush=True)
-        rows += run(setting, args.tokens, args.rounds)
-        print(table([r for r in rows if r["setting"] == setting]), flush=True)
-    from opcd.io import write_text as write_atomic
+    from opcd.io import write_json, write_text
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    header = f"8 GSM8K prompts x {args.tokens} new tokens, temperature 0.6, {args.rounds} rounds per process\n\n"
-    write_atomic(RESULTS / "allocator.md", header + table(rows) + "\n")
-    write_atomic(RESULTS / "allocator.json", json.dumps(rows, indent=2) + "\n")
-    plot(rows, RESULTS / "allocator.png")
+    saved = RESULTS / "allocator.json"
+    rows = json.loads(saved.read_text()) if saved.exists() else []
+    rows = [r for r in rows if "setting" in r and "steps" in r]  # rows of this benchmark's current form
+    header = "Qwen2.5-Coder-0.5B, configs/system_prompt.toml (full fine-tuning, 8 prompts a step), one process each\n\n"
+    for name in [] if args.render else args.runs:
+        steps, tokens = RUNS[name]
+        for setting in args.settings:
+            print(f"{name}: {setting}, {steps} steps x <= {tokens} tokens", flush=True)
+            row = run(setting, steps, tokens)
+            rows = [r for r in rows if (r["steps"], r["tokens"], r["setting"]) != (steps, tokens, setting)] + [row]
+            rows.sort(key=lambda r: (r["steps"], r["tokens"], SETTINGS.index(r["setting"])))
+            print(table([row]), flush=True)
+            write_text(RESULTS / "allocator.md", header + table(rows) + "\n")
+            write_json(saved, rows)
+            plot(rows, RESULTS / "allocator.png")
+    if args.render:
+        write_text(RESULTS / "allocator.md", header + table(rows) + "\n")
+        plot(rows, RESULTS / "allocator.png")
     print("\n" + table(rows))
 
 

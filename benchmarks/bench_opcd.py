@@ -6,11 +6,14 @@
 Every configuration runs in its own subprocess (so its peak memory is its own) and prints one JSON line; the parent
 collects them, prints Markdown tables, and writes `benchmarks/results/bench.{md,json,png}`.
 
-Same work on both sides: the same model as student and frozen teacher, the same 8 prompts per step, one sample each,
-the same maximum response length, temperature 1.0, student top-256 reverse KL, lr 1e-5, bf16 autocast over fp32
-weights, the context before the prompt in the teacher's input, and no truncation of the teacher's prompt (TRL's
-default `max_prompt_length=512` would silently drop most of a 2,048-token context). Times are the median over the
-steps after the first (the first allocates optimizer state).
+opcd's processes run under mimalloc, as the `opcd` command does (`opcd/core/heap.py`); TRL's under glibc's default
+allocator, as `python` or `accelerate launch` start it. Same work on both sides: the same model as student and
+frozen teacher, the same 8 prompts per step, one sample each, the same maximum response length, temperature 1.0,
+student top-256 reverse KL, lr 1e-5, bf16 autocast over fp32 weights, the context before the prompt in the
+teacher's input, and no truncation of the teacher's prompt (TRL's default `max_prompt_length=512` would silently drop
+most of a 2,048-token context). Times are the median over the steps after the first (the first allocates optimizer
+state). The roofline table sets each part of opcd's step against this machine's bf16 matmul rate at the model's
+shapes and its memory bandwidth, measured in the same run.
 """
 
 from __future__ import annotations
@@ -114,7 +117,79 @@ def _run_opcd(model: str, ctx_tokens: int, steps: int, extra: list[str], tokeniz
         **{f"{p}_s": statistics.median(r[f"time/{p}"] for r in rows) for p in parts},
         "tokens": statistics.mean(r["rollout/response_tokens"] for r in rows),
         "peak_mib": peak_mib(),
+        **step_work(model, cfg, tokenizer, statistics.mean(r["rollout/response_tokens"] for r in rows)),
     }
+
+
+def model_sizes(model) -> dict:
+    """Weights of the decoder's linear layers (`body`), of the vocabulary head, and all trainable ones."""
+    import torch
+
+    head = model.get_output_embeddings().weight
+    body = sum(m.weight.numel() for m in model.model.layers.modules() if isinstance(m, torch.nn.Linear))
+    return {"body": body, "head": head.numel(), "params": sum(p.numel() for p in model.parameters())}
+
+
+def step_work(model: str, cfg, tokenizer, response_tokens: float) -> dict:
+    """What one step computes, from its real (unpadded) tokens: matmul FLOPs of the student's forward and backward
+    (3x forward) and of the teacher's forward over the tokens it does not take from its prefix cache, the bytes of
+    bf16 weights generation reads once per decoded token, and the bytes AdamW reads and writes (fp32 weight, grad
+    and two moments read, three written)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from opcd.core import models
+    from opcd.core.prompts import PromptRenderer
+
+    with torch.device("meta"):
+        sizes = model_sizes(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(models.resolve(model))))
+    renderer = PromptRenderer(tokenizer, cfg.data)
+    context = Path(cfg.data.context_file).read_text()
+    pairs = [renderer.render([{"role": "user", "content": p}], context) for p in PROMPTS]
+    student = statistics.mean(len(p.student_ids) for p in pairs)
+    teacher = statistics.mean(
+        len(p.teacher_ids) - (p.teacher_prefix if p.teacher_prefix >= 32 else 0) for p in pairs
+    )  # the cache's min_tokens: shorter shared prefixes are scored with the rest
+    resp = BATCH * response_tokens
+    return {
+        "student_flop": 6 * (sizes["body"] * BATCH * (student + response_tokens) + sizes["head"] * resp),
+        "teacher_flop": 2 * (sizes["body"] * BATCH * (teacher + response_tokens) + sizes["head"] * resp),
+        "generate_bytes": 2 * (sizes["body"] + sizes["head"]) * response_tokens,
+        "optimizer_bytes": 4 * 7 * sizes["params"],
+    }
+
+
+def run_limits(model: str, repeats: int) -> dict:
+    """This machine's limits at the model's shapes: the bf16 matmul rate over one decoder layer's linear layers
+    and the vocabulary head (M = a step's tokens), and the memory bandwidth of a large copy (bytes read + written)."""
+    import torch
+    from transformers import AutoConfig
+
+    from opcd.core import models
+
+    c = AutoConfig.from_pretrained(models.resolve(model))
+    h, kv = c.hidden_size, c.num_key_value_heads * (c.hidden_size // c.num_attention_heads)
+    shapes = [(h, h), (h, kv), (h, kv), (h, h), (h, c.intermediate_size), (h, c.intermediate_size)]
+    shapes += [(c.intermediate_size, h)]
+    tokens = BATCH * 80  # about a step's prompt + response tokens
+    layer = [(torch.randn(tokens, k).bfloat16(), torch.randn(n, k).bfloat16()) for k, n in shapes]
+    head = (torch.randn(BATCH * NEW_TOKENS, h).bfloat16(), torch.randn(c.vocab_size, h).bfloat16())
+    flop = 0.0
+    began = None
+    for i in range(repeats + 1):  # the first round warms up
+        if i == 1:
+            began, flop = time.perf_counter(), 0.0
+        for x, w in [*layer, head]:
+            torch.nn.functional.linear(x, w)
+            flop += 2 * x.shape[0] * x.shape[1] * w.shape[0]
+    matmul = flop / (time.perf_counter() - began)
+    src = torch.ones(1 << 28, dtype=torch.uint8)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    began = time.perf_counter()
+    for _ in range(repeats):
+        dst.copy_(src)
+    return {"matmul_flops": matmul, "bandwidth": 2 * src.numel() * repeats / (time.perf_counter() - began)}
 
 
 def run_trl(model: str, ctx_tokens: int, steps: int, bf16: bool) -> dict:
@@ -219,8 +294,13 @@ def run_teacher_scoring(model: str, ctx_tokens: int, repeats: int) -> dict:
 
 
 def child(kind: str, *args) -> dict:
+    """One configuration in its own process: opcd's under mimalloc, as the `opcd` command runs (opcd/core/heap.py),
+    TRL's as Python starts it (glibc's default allocator)."""
+    from opcd.core import heap
+
     cmd = [sys.executable, __file__, "--one", json.dumps([kind, *args])]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    env = None if kind == "trl" else heap.preload_env()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{kind} {args} failed:\n{proc.stderr[-3000:]}")
@@ -258,7 +338,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.one:
         kind, *rest = json.loads(args.one)
-        fn = {"opcd": run_opcd, "trl": run_trl, "scoring": run_teacher_scoring}[kind]
+        fn = {"opcd": run_opcd, "trl": run_trl, "scoring": run_teacher_scoring, "limits": run_limits}[kind]
         print(json.dumps(fn(*rest)), flush=True)
         return
 
@@ -266,10 +346,11 @@ def main() -> None:
     models_ = ["smollm2-135m-instruct"] if args.quick else ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"]
     steps = 3 if args.quick else args.steps
     RESULTS.mkdir(parents=True, exist_ok=True)
-    report = {"vs_trl": [], "breakdown": [], "scoring": [], "lora": []}
+    report = {"vs_trl": [], "breakdown": [], "scoring": [], "lora": [], "limits": {}}
     for model in models_:
+        report["limits"][model] = child("limits", model, 5)
         for ctx in (0, 512, 2048):
-            ours = child("opcd", model, ctx, steps, [])
+            ours = child("opcd", model, ctx, steps, ["loss.estimator=topk"])  # TRL's loss: student top-256
             row = {"model": model, "ctx": ctx, "opcd_s": ours["step_s"], "opcd_mib": ours["peak_mib"]}
             if not args.skip_trl:
                 theirs = child("trl", model, ctx, steps, True)
@@ -327,6 +408,7 @@ def tables(report: dict) -> str:
             f"{r['optimizer_s']:.2f} | {r['other_s']:.3f} | {r['step_s']:.2f} | "
             f"{r['other_s'] / r['step_s']:.1%} |"
         )
+    out += ["", *roofline(report)]
     out += [
         "",
         "### Teacher scoring of 8 prompts + 32-token responses (seconds)",
@@ -350,6 +432,33 @@ def tables(report: dict) -> str:
         out.append(f"| {r['model']} | {r['opcd_lora_mib']:.0f} | {r['student_only_mib']:.0f} | {r['ratio']:.2f} |")
     out.append(f"\nWall time: {report['wall_s'] / 60:.1f} min.")
     return "\n".join(out) + "\n"
+
+
+def roofline(report: dict) -> list[str]:
+    """Each part of the step against this machine's limit: matmul FLOP/s for the student and teacher passes, bytes/s
+    for generation (weights read once per decoded token) and the optimizer."""
+    out = [
+        "### Roofline: each part of the step against this machine's limit",
+        "",
+        "| model | context | part | work per step | seconds | achieved | limit | share of the limit |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["breakdown"]:
+        lim = report["limits"].get(r["model"])
+        if lim is None or "student_flop" not in r:
+            continue
+        for part, work, unit, limit in [
+            ("student fwd+bwd", r["student_flop"], "FLOP", lim["matmul_flops"]),
+            ("teacher fwd", r["teacher_flop"], "FLOP", lim["matmul_flops"]),
+            ("generate", r["generate_bytes"], "B", lim["bandwidth"]),
+            ("optimizer", r["optimizer_bytes"], "B", lim["bandwidth"]),
+        ]:
+            achieved = work / r[f"{part.split()[0]}_s"]
+            out.append(
+                f"| {r['model']} | {r['ctx']} | {part} | {work / 1e9:.1f} G{unit} | {r[f'{part.split()[0]}_s']:.2f} | "
+                f"{achieved / 1e9:.0f} G{unit}/s | {limit / 1e9:.0f} G{unit}/s | {achieved / limit:.0%} |"
+            )
+    return out
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from opcd.cli_options import RESUME_MODES, add_eval_args, add_selection_args, bare_resume, command
 from opcd.config import DataConfig, RolloutConfig, load_config, validate
-from opcd.core import models
+from opcd.core import heap, models
 from opcd.core.train import train
 from opcd.errors import OpcdError
 from opcd.evaluate import PAPER_EVAL, run_eval
@@ -192,9 +192,11 @@ def _eval(args) -> None:
         print(f"responses and scores: {args.out}")
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(allocator: str = "") -> argparse.ArgumentParser:
+    """The command line; `allocator` (which one serves this process) goes into `--version`."""
     p = argparse.ArgumentParser(prog="opcd", description="On-Policy Context Distillation for language models.")
-    p.add_argument("--version", action="version", version=f"opcd {__version__}")
+    version = f"opcd {__version__}" + (f" (allocator: {allocator})" if allocator else "")
+    p.add_argument("--version", action="version", version=version)
     sub = p.add_subparsers(dest="command", required=True)
 
     t = command(sub, "train", "train a student from a TOML config")
@@ -269,8 +271,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    models.limit_heap_growth()
-    args = parser().parse_args(bare_resume(sys.argv[1:] if argv is None else list(argv)))
+    if argv is None:  # the `opcd` command itself: start again under mimalloc where it is installed (core/heap.py)
+        relaunch = heap.relaunch_args(sys.argv[1:])
+        if relaunch is not None:
+            os.execve(relaunch[0][0], *relaunch)
+    allocator = heap.configure()
+    args = parser(allocator).parse_args(bare_resume(sys.argv[1:] if argv is None else list(argv)))
     try:
         args.func(args)
     except OpcdError as e:

@@ -49,8 +49,21 @@ def test_smoke_loss_finite_params_change_kl_falls(tiny_model, prompts_file, tmp_
     assert any(not torch.equal(before[k], after[k]) for k in before)
     cfg_text = (run / "config.toml").read_text()
     assert "[loss]" in cfg_text and 'mode = "opcd"' in cfg_text
-    for key in ("time/generate", "time/teacher", "time/student", "time/optimizer", "kl/topk_mass", "optim/grad_norm"):
+    for key in ("time/generate", "time/teacher", "time/student", "time/optimizer", "optim/grad_norm"):
         assert key in rows[0]
+    assert "memory/resident_gib" in rows[0] and "kl/topk_mass" not in rows[0]  # no top-k set in the full KL
+
+
+def test_full_estimator_logs_the_same_kl_as_the_separate_diagnostic(tiny_model, prompts_file, tmp_path):
+    """With the full estimator the logged KL is the loss itself; with top-k it is computed beside the loss. Step 1
+    (same weights, same seeded samples) must log the same value both ways, and only top-k logs its mass."""
+    first = {}
+    for estimator in ("full", "topk"):
+        run = _run(tiny_model, prompts_file, tmp_path / estimator, **{"train.steps": 1, "loss.estimator": estimator})
+        first[estimator] = read_metrics(run / "metrics.jsonl")[0]
+    assert first["full"]["kl/reverse_full"] == pytest.approx(first["topk"]["kl/reverse_full"], rel=1e-4)
+    assert first["full"]["loss/value"] == pytest.approx(first["full"]["kl/reverse_full"], rel=1e-4)
+    assert 0 < first["topk"]["kl/topk_mass"] <= 1 and "kl/topk_mass" not in first["full"]
 
 
 @pytest.mark.parametrize("reduction", ["token", "sequence"])

@@ -21,7 +21,9 @@ from torch import Tensor
 def _logprobs(logits: Tensor, temperature: float) -> Tensor:
     """Full-vocabulary log-probabilities in at least fp32 (bf16 logits are upcast; float64 stays float64)."""
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    return F.log_softmax(logits / temperature, dim=-1)
+    if temperature != 1.0:  # x / 1 is x: no full-vocabulary copy for it
+        logits = logits / temperature
+    return F.log_softmax(logits, dim=-1)
 
 
 def _restrict(

@@ -65,5 +65,15 @@ def sampled_with_returns(returns: Tensor, temperature: float) -> losses.TokenLos
     return lambda s, t, y, pos: -returns[:, pos] * losses.sampled_logprobs(s, y, temperature)
 
 
+def is_full_reverse_kl(cfg: LossConfig) -> bool:
+    """The per-token loss is the exact full-vocabulary reverse KL (then it is also the logged `kl/reverse_full`)."""
+    return cfg.mode == "opcd" and cfg.estimator == "full"
+
+
+def uses_student_topk(cfg: LossConfig) -> bool:
+    """The loss sees only the student's top-k tokens (then the mass inside them is worth watching)."""
+    return cfg.mode == "opcd" and cfg.estimator in ("topk", "tail")
+
+
 def needs_returns(cfg: LossConfig) -> bool:
     return cfg.mode == "opcd" and cfg.estimator == "sampled" and cfg.discount > 0

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from opcd.config import Config, ModelConfig, TrainConfig, save_config, validate
-from opcd.core import checkpoint, models, objectives, rundir
+from opcd.core import checkpoint, heap, models, objectives, rundir
 from opcd.core.distributed import Ranks
 from opcd.core.metrics import MetricsLog
 from opcd.core.rollout import PromptSource, RolloutSource, eos_ids, resolve_device
@@ -129,11 +129,21 @@ def _lock(run_dir: Path, ranks: Ranks, stack: ExitStack) -> None:
         raise error or OpcdError(f"{run_dir} is in use by another opcd run (the first process names it)")
 
 
+def _note_allocator(allocator: str) -> None:
+    """Once per run: a process that could run on mimalloc but does not (your own Python calling `train`)."""
+    library = heap.mimalloc_library()
+    if allocator.startswith("glibc") and library is not None:
+        print(
+            f"opcd: note: glibc's allocator serves this process, which makes training steps slower; start Python with "
+            f"LD_PRELOAD={library} MIMALLOC_PURGE_DELAY=-1 (the opcd command does this itself)"
+        )
+
+
 def set_up(cfg: Config, source: RolloutSource | None, resume: bool | str, stack: ExitStack) -> Run:
     """Check, lock, load and (on resume) restore everything step 1 needs; rank 0 opens the run directory's log.
     `stack` holds the run directory's lock until the caller closes it."""
     validate(cfg)
-    models.limit_heap_growth()
+    allocator = heap.configure()
     if cfg.rollout.engine == "vllm":
         require_vllm()  # before any model is loaded
     ranks = Ranks()
@@ -175,6 +185,7 @@ def set_up(cfg: Config, source: RolloutSource | None, resume: bool | str, stack:
         _restore(run, state, resumed_from)
     ranks.barrier()  # every rank has read the run directory before rank 0 writes to it
     if ranks.main:
+        _note_allocator(allocator)
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.toml")
         run.log = MetricsLog(run_dir, start_step, tensorboard=cfg.train.tensorboard)

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from opcd.config import Config
 from opcd.core import checkpoint, objectives
+from opcd.core.heap import resident_bytes
 from opcd.core.losses import backward_chunked, reduction_weights, reward_to_go
 from opcd.core.rollout import HFSampler, Policy, Rollout, RolloutSource, autocast, step_seed
 from opcd.core.scoring import make_batch, response_hidden, response_logits_whole
@@ -58,15 +59,23 @@ def sample(run: Run, indices: list[int], seed: int, first_chunk: int) -> tuple[l
         return run.source.draw(Policy(sampler, on_policy), indices, seed, first_chunk, run.ranks.rank)
 
 
-def _diagnostics(sums: dict[str, float], mask: torch.Tensor, temp: float, top_k: int):
-    """Per chunk: the full-vocabulary reverse KL and the student's top-k mass (logged, never trained on)."""
+def _diagnostics(sums: dict[str, float], mask: torch.Tensor, cfg: Config):
+    """Per chunk, what the loss itself does not give: the full-vocabulary reverse KL (unless the loss is that KL)
+    and, for the top-k estimators, the student's mass inside its top-k (logged, never trained on); None when there is
+    nothing to add."""
+    temp, top_k = cfg.rollout.temperature, cfg.loss.top_k
+    kl, mass = not objectives.is_full_reverse_kl(cfg.loss), objectives.uses_student_topk(cfg.loss)
+    if not (kl or mass):
+        return None
 
     @torch.no_grad()
     def on_chunk(s_logits, t_logits, pos):
         logp_s = torch.log_softmax(s_logits.float() / temp, -1)
         valid = mask[:, pos]
-        sums["topk_mass"] += (logp_s.exp().topk(min(top_k, logp_s.shape[-1]), -1).values.sum(-1) * valid).sum().item()
-        if t_logits is not None:
+        if mass:
+            top = logp_s.topk(min(top_k, logp_s.shape[-1]), -1).values.exp().sum(-1)
+            sums["topk_mass"] += (top * valid).sum().item()
+        if kl and t_logits is not None:
             logp_t = torch.log_softmax(t_logits.float() / temp, -1)
             sums["kl_full"] += ((logp_s.exp() * (logp_s - logp_t)).sum(-1) * valid).sum().item()
 
@@ -131,9 +140,11 @@ def backward(run: Run, rollouts: list[Rollout], tokens: int, sequences: int, tim
             loss_fn = objectives.sampled_with_returns(reward_to_go(rewards, mask, cfg.loss.discount), temp)
         values = backward_chunked(
             s_hidden, t_hidden, *heads, ids, grad_weights, loss_fn, cfg.loss.chunk_size,
-            on_chunk=_diagnostics(sums, mask, temp, cfg.loss.top_k),
+            on_chunk=_diagnostics(sums, mask, cfg),
         )  # fmt: skip
         sums["loss"] += (values * weights).sum().item()
+        if objectives.is_full_reverse_kl(cfg.loss):  # the loss values are the KL itself: no second pass for it
+            sums["kl_full"] += (values * mask).sum().item()
         timers["student"] += time.perf_counter() - began - (timers["teacher"] - teacher_before)
     return sums
 
@@ -253,7 +264,7 @@ def loop(run: Run, progress: bool = True) -> Path:
         metrics = {
             "loss/value": sums["loss"],
             "kl/reverse_full": kl,
-            "kl/topk_mass": sums["topk_mass"] / max(tokens, 1),
+            "kl/topk_mass": sums["topk_mass"] / max(tokens, 1) if objectives.uses_student_topk(cfg.loss) else None,
             "rollout/response_tokens": tokens / sequences,
             "rollout/truncated": unfinished / sequences,
             "optim/grad_norm": grad_norm,
@@ -263,12 +274,15 @@ def loop(run: Run, progress: bool = True) -> Path:
             "time/other": step_time - sum(timers.values()),
             "time/step": step_time,
             **{f"rollout/{name}": n / len(idx) for name, n in zip(counts, counted, strict=True)},
+            "memory/resident_gib": resident_bytes() / 2**30,
         }
         if not run.mode.uses_teacher_logits:
             del metrics["kl/reverse_full"]
+        if metrics["kl/topk_mass"] is None:
+            del metrics["kl/topk_mass"]
         if run.log is not None:
             run.log.log(step, metrics)
-        warned = warned or _warn_topk_leak(run, step, metrics["kl/topk_mass"])
+        warned = warned or _warn_topk_leak(run, step, metrics.get("kl/topk_mass", 1.0))
         bar.set_postfix(kl=f"{metrics.get('kl/reverse_full', float('nan')):.4f}", loss=f"{sums['loss']:.4f}")
         if (t.save_every and step % t.save_every == 0) or step == t.steps:
             save(run, step)
