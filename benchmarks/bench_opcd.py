@@ -335,6 +335,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smollm2 only, 3 steps")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--skip-trl", action="store_true")
+    parser.add_argument("--models", nargs="+", help="only these packaged models")
+    parser.add_argument("--contexts", nargs="+", type=int, default=[0, 512, 2048], help="context lengths to compare")
+    parser.add_argument("--skip-extras", action="store_true", help="no teacher-scoring and LoRA-memory runs")
     args = parser.parse_args()
     if args.one:
         kind, *rest = json.loads(args.one)
@@ -344,12 +347,13 @@ def main() -> None:
 
     began = time.time()
     models_ = ["smollm2-135m-instruct"] if args.quick else ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"]
+    models_ = args.models or models_
     steps = 3 if args.quick else args.steps
     RESULTS.mkdir(parents=True, exist_ok=True)
     report = {"vs_trl": [], "breakdown": [], "scoring": [], "lora": [], "limits": {}}
     for model in models_:
         report["limits"][model] = child("limits", model, 5)
-        for ctx in (0, 512, 2048):
+        for ctx in args.contexts:
             ours = child("opcd", model, ctx, steps, ["loss.estimator=topk"])  # TRL's loss: student top-256
             row = {"model": model, "ctx": ctx, "opcd_s": ours["step_s"], "opcd_mib": ours["peak_mib"]}
             if not args.skip_trl:
@@ -359,6 +363,8 @@ def main() -> None:
             report["vs_trl"].append(row)
             report["breakdown"].append({"model": model, "ctx": ctx, **ours})
             print(json.dumps(row), flush=True)
+        if args.skip_extras:
+            continue
         report["scoring"].append({"model": model, "ctx": 2048, **child("scoring", model, 2048, 3)})
         lora = ["model.lora_rank=16"]
         opcd_lora = child("opcd", model, 0, steps, lora)
