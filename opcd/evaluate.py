@@ -51,20 +51,16 @@ def respond(
     seed: int = 0,
     desc: str | None = None,
 ) -> tuple[list[str], list[bool]]:
-    """Decoded responses and whether each ended with EOS, generated in batches (a progress bar with `desc`).
-    Greedy decoding batches the prompts by length (less padding; the answers do not depend on the grouping)."""
+    """Decoded responses and whether each ended with EOS, generated in batches (a progress bar with `desc`)."""
     size = rollout.batch_size or GENERATION_BATCH
     sampler = HFSampler.for_model(model, tokenizer, rollout, dtype)
-    order = list(range(len(prompts)))
-    if rollout.temperature == 0:
-        order.sort(key=lambda i: len(prompts[i]))
-    texts: list[str] = [""] * len(prompts)
-    finished: list[bool] = [False] * len(prompts)
+    texts: list[str] = []
+    finished: list[bool] = []
     starts = range(0, len(prompts), size)
     for n, start in enumerate(tqdm(starts, desc=desc, unit="batch", disable=desc is None, leave=False)):
-        rows = order[start : start + size]
-        for row, (ids, done) in zip(rows, sampler.generate([prompts[i] for i in rows], seed + n), strict=True):
-            texts[row], finished[row] = tokenizer.decode(ids, skip_special_tokens=True), done
+        for ids, done in sampler.generate(prompts[start : start + size], seed + n):
+            texts.append(tokenizer.decode(ids, skip_special_tokens=True))
+            finished.append(done)
     return texts, finished
 
 

@@ -21,7 +21,6 @@ from typing import Protocol
 import torch
 
 from opcd.config import DataConfig, RolloutConfig
-from opcd.core import decode
 from opcd.core.data import load_examples
 from opcd.core.prompts import PromptRenderer, check_lengths
 
@@ -154,8 +153,6 @@ class HFSampler:
         self.batch_size = rollout.batch_size
         self.synced = synced
         greedy = rollout.temperature == 0  # evaluation only; training validates temperature > 0
-        # greedy rows need no shared random stream, so each can leave the batch at its EOS (`decode.greedy`)
-        self.greedy = greedy and not synced and rows is None
         self.config = GenerationConfig(
             do_sample=not greedy,
             temperature=None if greedy else rollout.temperature,
@@ -192,9 +189,6 @@ class HFSampler:
             ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in group], device=device)
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in group], device=device)
             with autocast(self.dtype, device):
-                if self.greedy:
-                    results += decode.greedy(self.model, group, self.config.max_new_tokens, self.eos_ids, self.pad_id)
-                    continue
                 out = self.model.generate(
                     input_ids=ids, attention_mask=mask, generation_config=self.config, synced_gpus=self.synced
                 )
