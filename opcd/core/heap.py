@@ -4,8 +4,8 @@ A training step allocates and frees gigabytes (activations, logits, gradients, t
 glibc serves every block above its mmap threshold (at most 32 MB) with a fresh mapping and unmaps it when freed, so
 every step page-faults the same memory in again, zeroed by the kernel: measured here, that doubled the student's
 forward and backward pass of the 0.5B model. Keeping the blocks in glibc's heap instead removes the faults but not
-the fragmentation (a 256-token run's peak rose from 15.7 to 20.6 GB), and huge pages only halve the cost
-(benchmarks/results/allocator.md).
+the fragmentation (a 256-token run's peak rose from 15.7 to 20.6 GiB), and huge pages hardly help (11.2 s against
+11.9 s for that pass): docs/results.md, "what the allocator costs a training step".
 
 mimalloc keeps freed blocks for reuse in size-segregated pages, so a step allocates no new pages after the first
 ones and the memory stays flat. It must be loaded before the process starts, so the `opcd` command starts itself
