@@ -80,7 +80,7 @@ def run(setting: str, steps: int, tokens: int) -> dict:
             f"train.steps={steps}",
             f"rollout.max_new_tokens={tokens}",
             "train.save_every=0",
-            "train.tensorboard=false",
+            "train.report_to=none",
             f"train.run_dir={tmp}/run",
         ]
         began = time.perf_counter()

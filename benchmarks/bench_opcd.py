@@ -103,7 +103,7 @@ def _run_opcd(model: str, ctx_tokens: int, steps: int, extra: list[str], tokeniz
             f"train.micro_batch_size={BATCH}",
             "train.lr=1e-5",
             "train.save_every=0",
-            "train.tensorboard=false",
+            "train.report_to=none",
             f"train.run_dir={work / 'run'}",
             *extra,
         ],

@@ -94,7 +94,7 @@ def run(name: str, overrides: list[str], work: Path, smoke: bool = False) -> dic
             "train.micro_batch_size=16",
             "train.lr=1e-5",
             "train.save_every=0",
-            "train.tensorboard=false",
+            "train.report_to=none",
             f"train.run_dir={run_dir}",
             *(
                 ["rollout.max_new_tokens=8", "train.steps=2", "train.prompts_per_step=2", "model.dtype=fp32"]

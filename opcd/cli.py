@@ -22,7 +22,8 @@ from opcd.io import write_json
 from opcd.recipes.consolidate import Plan, check_plan, consolidate, write_per_prompt
 from opcd.recipes.consolidate_table import table
 from opcd.recipes.demo import run_demo
-from opcd.recipes.pipeline import OOD_DEFAULT
+from opcd.recipes.export import export
+from opcd.recipes.pipeline import BASE, OOD_DEFAULT
 from opcd.recipes.system_prompt import PRESET, EvalPlan, distill_prompt
 from opcd.versions import __version__, software
 
@@ -151,25 +152,41 @@ def _distill(args) -> None:
     if args.test_max < 0:
         raise OpcdError(f"--test-max {args.test_max}: give a number of prompts >= 1 (0 = all)")
     plan = EvalPlan(
-        scorer=_scorer_specs(args),
+        scorer=tuple(args.check or ()),  # none: the context gap is the measure
         test_prompts=args.test_prompts,
         test_max=args.test_max,
         validation_prompts=args.validation_prompts,
         rollout=_eval_rollout(args),
         ood=_ood_suites(args),
+        private_context=args.private_context,
     )
     results = distill_prompt(cfg, plan)
     _print_results(results)
 
 
 def _print_results(results: dict) -> None:
-    width = max(map(len, results["rates"]))
+    width = max([len(BASE), *map(len, results["rates"])])
     print()
     for name, rate in results["rates"].items():
         print(f"{name:<{width}}  {rate:6.1%}")
+    gap = results.get("gap")
+    if gap:
+        print(f"\ncontext gap (nats/token)  {'reverse KL, own answers':>26}  {'extra NLL, teacher answers':>26}")
+        for who, label in (("base", BASE), ("student", "Student, without the prompt")):
+            print(f"{label:<{width}}  {gap[who]['reverse_kl']:26.4f}  {gap[who]['extra_nll']:26.4f}")
+        shares = [gap["closed"][k] for k in ("reverse_kl", "extra_nll")]
+        print(f"{'share of the gap closed':<{width}}  " + "  ".join(
+            f"{'–' if v is None else f'{v:.0%}':>26}" for v in shares))  # fmt: skip
     for name, r in results.get("ood", {}).items():
         print(f"{'OOD ' + name + ' (base -> student)':<{width}}  {r['base']:6.1%} -> {r['student']:.1%}")
     print(f"\nreport: {results['run_dir']}/report.md  ({results['seconds']:.0f} s)")
+
+
+def _export(args) -> None:
+    target = export(args.run_dir, args.out or "", args.merge_lora, args.push_to_hub or "", args.private_context)
+    print(f"opcd: exported to {target} (README.md is its model card)")
+    if args.push_to_hub:
+        print(f"opcd: pushed to https://huggingface.co/{args.push_to_hub}")
 
 
 def _eval(args) -> None:
@@ -190,6 +207,43 @@ def _eval(args) -> None:
     if args.out:
         write_json(args.out, results | {"software": software()})
         print(f"responses and scores: {args.out}")
+
+
+def _add_distill_prompt(sub) -> None:
+    dp = command(sub, "distill-prompt", "distill a system prompt into a model and report the effect")
+    ctx = dp.add_mutually_exclusive_group()
+    ctx.add_argument("--system-prompt", help="the system prompt text to distill")
+    ctx.add_argument("--system-prompt-file", help="a file holding the system prompt")
+    dp.add_argument("--model", help="packaged name, directory or hub id (default qwen2.5-coder-0.5b-instruct)")
+    dp.add_argument(
+        "--prompts",
+        help="training prompts: JSONL, parquet, CSV, JSON, a saved dataset, hf:org/name or opcd:NAME "
+        "(default opcd:generic_train; columns: data.prompt_column=...)",
+    )
+    dp.add_argument("--test-prompts", default="opcd:generic_eval", help="held-out prompts, disjoint from --prompts")
+    dp.add_argument("--test-max", type=int, default=24, help="use the first N held-out prompts (0 = all)")
+    dp.add_argument("--validation-prompts", default="", help="pick the checkpoint on these (default: the last one)")
+    dp.add_argument("--method", choices=["opcd", "offpolicy", "sft"], help="default opcd")
+    dp.add_argument("--config", help="TOML config to start from instead of the CPU-sized preset")
+    dp.add_argument("--run-dir", help="default runs/distill")
+    dp.add_argument(
+        "--private-context", action="store_true", help="the model card gives the prompt's SHA-256, not its text"
+    )
+    add_eval_args(dp, "greedy")
+    dp.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.steps=40")
+    dp.set_defaults(func=_distill)
+
+
+def _add_export(sub) -> None:
+    ex = command(sub, "export", "write a run's selected checkpoint as a model to ship, with its model card")
+    ex.add_argument("run_dir", help="the run directory (train.run_dir) of distill-prompt or train")
+    ex.add_argument("--out", help="where to write it (default RUN/export; must not exist or be empty)")
+    ex.add_argument("--merge-lora", action="store_true", help="merge a LoRA adapter into its base (loads without PEFT)")
+    ex.add_argument("--push-to-hub", metavar="REPO", help="upload to this Hugging Face Hub repository (owner/name)")
+    ex.add_argument(
+        "--private-context", action="store_true", help="the model card gives the context's SHA-256, not its text"
+    )
+    ex.set_defaults(func=_export)
 
 
 def parser(allocator: str = "") -> argparse.ArgumentParser:
@@ -216,21 +270,8 @@ def parser(allocator: str = "") -> argparse.ArgumentParser:
     m.add_argument("models", nargs="+", help="packaged model short names")
     m.set_defaults(func=_prepare)
 
-    dp = command(sub, "distill-prompt", "distill a system prompt into a model and report the effect")
-    ctx = dp.add_mutually_exclusive_group()
-    ctx.add_argument("--system-prompt", help="the system prompt text to distill")
-    ctx.add_argument("--system-prompt-file", help="a file holding the system prompt")
-    dp.add_argument("--model", help="packaged name, directory or hub id (default qwen2.5-coder-0.5b-instruct)")
-    dp.add_argument("--prompts", help="training prompts, JSONL or opcd:NAME (default opcd:generic_train)")
-    dp.add_argument("--test-prompts", default="opcd:generic_eval", help="held-out prompts, disjoint from --prompts")
-    dp.add_argument("--test-max", type=int, default=24, help="use the first N held-out prompts (0 = all)")
-    dp.add_argument("--validation-prompts", default="", help="pick the checkpoint on these (default: the last one)")
-    dp.add_argument("--method", choices=["opcd", "offpolicy", "sft"], help="default opcd")
-    dp.add_argument("--config", help="TOML config to start from instead of the CPU-sized preset")
-    dp.add_argument("--run-dir", help="default runs/distill")
-    add_eval_args(dp, "greedy")
-    dp.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.steps=40")
-    dp.set_defaults(func=_distill)
+    _add_distill_prompt(sub)
+    _add_export(sub)
 
     e = command(sub, "eval", "score a model (base or checkpoint) with and/or without a context")
     e.add_argument("model", help="packaged name, model directory, checkpoint's model/ directory or hub id")

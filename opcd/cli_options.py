@@ -27,7 +27,11 @@ EXAMPLES = {
     ],
     "distill-prompt": [
         "opcd distill-prompt --system-prompt 'Always answer in French.' --check language:fr --run-dir runs/fr",
-        "opcd distill-prompt --system-prompt-file p.txt --prompts train.jsonl --test-prompts test.jsonl --check number",
+        "opcd distill-prompt --system-prompt-file persona.txt --prompts prompts.parquet --test-prompts test.parquet",
+    ],
+    "export": [
+        "opcd export runs/distill --out models/persona",
+        "opcd export runs/lora --merge-lora --push-to-hub me/qwen-persona",
     ],
     "eval": [
         "opcd eval qwen2.5-coder-0.5b-instruct --context 'Answer in French.' --context-side both --check language:fr",
@@ -72,7 +76,8 @@ def add_eval_args(p: argparse.ArgumentParser, sampling: str) -> None:
         action="append",
         metavar="SPEC",
         help="checker (starts_with:Arr!, language:fr, ifeval:punctuation:no_comma, ...; "
-        "repeat to require several) or grader (number, choice, yes_no, math)",
+        "repeat to require several) or grader (number, choice, yes_no, math); distill-prompt without it measures "
+        "the context gap only",
     )
     p.add_argument(
         "--sampling",

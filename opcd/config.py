@@ -99,7 +99,13 @@ class TrainConfig:
     seed: int = 0
     save_every: int = 2  # steps between checkpoints (0 = only the final one)
     keep_checkpoints: int = 0  # keep only the newest N (0 = all)
-    tensorboard: bool = True
+    report_to: str = (
+        "tensorboard"  # trackers, comma-separated: tensorboard, wandb, trackio, mlflow; none = only metrics.jsonl
+    )
+    log_samples_every: int = 0  # steps between logged sample answers (prompt, student, teacher) (0 = never)
+    eval_every: int = 0  # steps between context-gap measurements on train.eval_prompts (0 = never)
+    eval_prompts: str = ""  # held-out prompts for that gap (any data.prompts format, columns as data's)
+    eval_max_prompts: int = 16  # first N of them (0 = all)
     gradient_checkpointing: bool = False
 
 
@@ -163,6 +169,11 @@ def _coerce(key: str, value, hint):
 def build_config(raw: dict, source: str = "defaults") -> Config:
     """A config from nested dicts (as TOML reads, or as `Config.to_dict` writes); `source` names it in errors."""
     sections = {}
+    train = raw.get("train")
+    if isinstance(train, dict) and "tensorboard" in train:  # before report_to: tensorboard = false meant none
+        old = train.pop("tensorboard")
+        on = str(old).lower() == "true" if isinstance(old, _FromCli) else bool(old)
+        train.setdefault("report_to", "tensorboard" if on else "none")
     for f in dataclasses.fields(Config):
         section_cls = typing.get_type_hints(Config)[f.name]
         hints = typing.get_type_hints(section_cls)
@@ -233,6 +244,9 @@ RANGES: dict[str, tuple] = {
     "train.seed": (lambda v: v >= 0, ">= 0"),
     "train.save_every": (lambda v: v >= 0, ">= 0 (0 = only the final checkpoint)"),
     "train.keep_checkpoints": (lambda v: v >= 0, ">= 0 (0 = all)"),
+    "train.log_samples_every": (lambda v: v >= 0, ">= 0 (0 = never)"),
+    "train.eval_every": (lambda v: v >= 0, ">= 0 (0 = never)"),
+    "train.eval_max_prompts": (lambda v: v >= 0, ">= 0 (0 = all)"),
     "experience.problems_per_seed": (lambda v: v >= 1, ">= 1"),
     "experience.seeds": (lambda v: v >= 1, ">= 1"),
     "experience.validation_max": (lambda v: v >= 0, ">= 0"),
@@ -265,6 +279,21 @@ def check_device(key: str, name: str) -> None:
             raise OpcdError(f"{key} = '{name}': this machine has {count or 'no'} CUDA device(s); use auto or cpu")
 
 
+TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow")
+
+
+def trackers(report_to: str) -> list[str]:
+    """`train.report_to` as a list of tracker names ("none" or "" = none)."""
+    names = [n.strip() for n in report_to.split(",") if n.strip()]
+    return [] if names == ["none"] else names
+
+
+def check_trackers(report_to: str) -> None:
+    for name in trackers(report_to):
+        if name not in TRACKERS:
+            raise OpcdError(f"train.report_to: unknown tracker '{name}' (known: {', '.join(TRACKERS)}, or none)")
+
+
 def check_run_dir(path: Path) -> None:
     """The run directory is a writable directory, or can be created as one."""
     existing = next(p for p in (path, *path.parents) if p.exists())
@@ -290,6 +319,10 @@ def validate(cfg: Config) -> None:
             "data.user_template must contain {context} and {prompt}",
         ),
         (bool(cfg.data.prompts), "data.prompts is not set: give a JSONL file of prompts"),
+        (
+            not t.eval_every or bool(t.eval_prompts),
+            f"train.eval_every = {t.eval_every} needs train.eval_prompts: held-out prompts to measure the gap on",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -297,6 +330,7 @@ def validate(cfg: Config) -> None:
     check_device("model.device", cfg.model.device)
     if cfg.model.teacher_device:
         check_device("model.teacher_device", cfg.model.teacher_device)
+    check_trackers(t.report_to)
     check_run_dir(Path(t.run_dir))
 
 

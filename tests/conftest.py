@@ -101,7 +101,7 @@ def tiny_overrides(model: Path, prompts: Path, run_dir: Path, **extra) -> list[s
         "train.micro_batch_size": 2,
         "train.lr": 1e-3,
         "train.save_every": 0,
-        "train.tensorboard": False,
+        "train.report_to": "none",
         "loss.chunk_size": 3,
     }
     base.update(extra)

@@ -60,7 +60,7 @@ def _train(i, *overrides, config="empty", flags=()):
         "rollout.max_new_tokens=4",
         "train.steps=1",
         "train.prompts_per_step=2",
-        "train.tensorboard=false",
+        "train.report_to=none",
         f"train.run_dir={i['run']}",
     ]
     return ["train", str(i[config]), *base, *overrides, *flags]

@@ -86,3 +86,13 @@ def test_every_shipped_config_loads_and_names_packaged_models(path):
     assert all(n in PACKAGED for n in names), names  # the README's commands run here, with no hub
     if cfg.model.teacher != "frozen" and path.startswith("experience"):
         assert cfg.experience.model == cfg.model.teacher  # cross-size: the teacher reads its own experience
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in (ROOT / "configs" / "gpu").glob("*.toml")))
+def test_gpu_presets_load_with_the_papers_settings(path):
+    cfg = load_config(ROOT / "configs" / "gpu" / path)
+    t, r = cfg.train, cfg.rollout
+    assert (t.steps, t.prompts_per_step, r.max_new_tokens, r.temperature) == (50, 128, 512, 1.0)
+    assert cfg.loss.estimator == "topk" and cfg.loss.top_k == 256 and t.save_every == 2
+    assert t.lr == (5e-6 if cfg.model.lora_rank == 0 else 5e-5)
+    assert "/" in cfg.model.student  # a hub id: these run where the hub and a GPU are

@@ -21,7 +21,7 @@ def _config(tmp_path, tiny_model, prompts_file):
     path.write_text(
         f'[model]\nstudent = "{tiny_model}"\ndtype = "fp32"\n[data]\nprompts = "{prompts_file}"\n'
         f'context = "{TOY_CONTEXT}"\n[rollout]\nmax_new_tokens = 6\n[train]\nprompts_per_step = 4\n'
-        "micro_batch_size = 1\nsave_every = 1\ntensorboard = false\nlr = 1e-3\n"
+        "micro_batch_size = 1\nsave_every = 1\nreport_to = 'none'\nlr = 1e-3\n"
     )
     return path
 
@@ -131,7 +131,7 @@ def test_a_game_trains_over_two_processes(tiny_model, tmp_path):
         f'[model]\nstudent = "{tiny_model}"\ndtype = "fp32"\n[data]\nprompts = "game:frozenlake"\n'
         'context = "- EXPERIENCE ITEM: H is a hole; walk around it."\nplacement = "user"\n'
         "[rollout]\nmax_new_tokens = 5\n[train]\nprompts_per_step = 4\nmicro_batch_size = 1\nsteps = 2\n"
-        "save_every = 2\ntensorboard = false\n"
+        "save_every = 2\nreport_to = 'none'\n"
     )
     run = tmp_path / "run"
     done = _launch(config, f"train.run_dir={run}")

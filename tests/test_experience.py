@@ -320,7 +320,7 @@ def test_a_game_trains_on_the_turns_of_episodes(tiny_model, tmp_path):
                 "rollout.max_new_tokens=5",
                 "train.prompts_per_step=2",
                 "train.steps=1",
-                "train.tensorboard=false",
+                "train.report_to=none",
                 f"train.run_dir={tmp_path / mode}",
             ],
         )
@@ -344,7 +344,7 @@ def _consolidation_config(task, tiny_model, math_files, folder, **extra):
         "rollout.max_new_tokens": 4,
         "train.steps": 1,
         "train.prompts_per_step": 2,
-        "train.tensorboard": "false",
+        "train.report_to": "none",
         "train.save_every": 0,
         **extra,
     }

@@ -223,7 +223,7 @@ def test_a_full_disk_gives_one_line_and_keeps_the_checkpoints(tiny_model, prompt
     writing it; on the 10 MB disk the first write fills the disk."""
     small_disk, tiny_disk = small_disks
     run = small_disk / "run"
-    assert _train(tmp_path, tiny_model, prompts_file, run, **{"train.steps": 4, "train.tensorboard": False}) == 2
+    assert _train(tmp_path, tiny_model, prompts_file, run, **{"train.steps": 4, "train.report_to": "none"}) == 2
     line = _one_error_line(capsys)
     assert line.startswith("opcd: error: not enough disk space for checkpoint") and "intact" in line
     found = list_checkpoints(run, resumable=True)

@@ -35,12 +35,16 @@ CHECKPOINTS = "checkpoints"
 STATE, IDENTITY = "trainer_state.pt", "identity.json"
 RESUMABLE_KEPT = 2  # checkpoints that keep their trainer state: the newest, and one to fall back to
 TRAINING_SECTIONS = ("model", "data", "rollout", "loss", "train")  # what a run's identity is made of
-# what a resumed run may change: how long it runs, how it saves and logs, and where its directory lives
+# what a resumed run may change: how long it runs, how it saves, logs and watches, and where its directory lives
 RESUMABLE_CHANGES = {
     ("train", "steps"),
     ("train", "save_every"),
     ("train", "keep_checkpoints"),
-    ("train", "tensorboard"),
+    ("train", "report_to"),
+    ("train", "log_samples_every"),
+    ("train", "eval_every"),
+    ("train", "eval_prompts"),
+    ("train", "eval_max_prompts"),
     ("train", "run_dir"),
 }
 

@@ -16,10 +16,11 @@ import torch
 from opcd.config import Config, ModelConfig, TrainConfig, save_config, validate
 from opcd.core import checkpoint, heap, models, objectives, rundir
 from opcd.core.distributed import Ranks
-from opcd.core.metrics import MetricsLog
+from opcd.core.metrics import MetricsLog, check_trackers_installed
 from opcd.core.rollout import PromptSource, RolloutSource, eos_ids, resolve_device
 from opcd.core.teachers import Teacher, build_teacher
 from opcd.core.vllm_sampler import VLLMSampler, require_vllm
+from opcd.core.watch import Watch
 from opcd.errors import OpcdError
 from opcd.versions import changed
 
@@ -44,6 +45,7 @@ class Run:
     eos: set[int]
     engine: VLLMSampler | None  # the student's vLLM sampler, or None for HF generate
     log: MetricsLog | None  # rank 0 only
+    watch: Watch | None = None  # rank 0 only: the held-out gap and sample answers between steps
 
 
 def build_student(cfg: ModelConfig):
@@ -76,6 +78,11 @@ def check_fsdp(cfg: Config, source: RolloutSource | None) -> None:
             cfg.model.teacher in ("live", "ema"),
             f"model.teacher = '{cfg.model.teacher}' reads the sharded student's "
             "weights: use the frozen teacher or a teacher model",
+        ),
+        (
+            bool(cfg.train.eval_every or cfg.train.log_samples_every),
+            "train.eval_every and train.log_samples_every sample from the whole student on one rank: set them to 0 "
+            "and measure the checkpoints afterwards (opcd eval)",
         ),
         (cfg.rollout.engine == "vllm", "vLLM rollouts need the whole weights on each rank: launch without FSDP"),
         (
@@ -144,6 +151,7 @@ def set_up(cfg: Config, source: RolloutSource | None, resume: bool | str, stack:
     `stack` holds the run directory's lock until the caller closes it."""
     validate(cfg)
     allocator = heap.configure()
+    check_trackers_installed(cfg.train.report_to)
     if cfg.rollout.engine == "vllm":
         require_vllm()  # before any model is loaded
     ranks = Ranks()
@@ -188,7 +196,8 @@ def set_up(cfg: Config, source: RolloutSource | None, resume: bool | str, stack:
         _note_allocator(allocator)
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.toml")
-        run.log = MetricsLog(run_dir, start_step, tensorboard=cfg.train.tensorboard)
+        run.log = MetricsLog(run_dir, start_step, report_to=cfg.train.report_to, config=cfg.to_dict())
+        run.watch = Watch(cfg, tokenizer, getattr(source, "examples", None))
     if cfg.rollout.engine == "vllm":
         student_dir = models.resolve(cfg.model.student)
         run.engine = VLLMSampler(student_dir, cfg.rollout, run.eos, cfg.model.dtype, cfg.train.seed)

@@ -33,6 +33,7 @@ class Teacher:
         ema_decay: float | None = None,
         cache: PrefixCache | None = None,
         rows: int | None = None,
+        fixed: bool = True,
     ):
         self.model = model
         self.student = student
@@ -40,6 +41,7 @@ class Teacher:
         self.ema_decay = ema_decay
         self.cache = cache  # only for teachers whose weights never change
         self.rows = rows  # a teacher with more (padding) output rows than the student: score only the student's
+        self.fixed = fixed and ema_decay is None  # its weights never change during the run (live and ema change)
 
     @contextmanager
     def active(self):
@@ -109,7 +111,7 @@ def build_teacher(cfg: ModelConfig, student, student_tokenizer) -> Teacher:
             return Teacher(student, adapter_off=True, cache=cache)
         return Teacher(_frozen_copy(student, cfg.dtype, cfg.teacher_device), cache=cache)
     if cfg.teacher == "live":
-        return Teacher(student)
+        return Teacher(student, fixed=False)
     if cfg.teacher == "ema":
         if lora:
             raise OpcdError("model.teacher = 'ema' needs full fine-tuning: set model.lora_rank = 0")

@@ -281,7 +281,8 @@ def loop(run: Run, progress: bool = True) -> Path:
         if metrics["kl/topk_mass"] is None:
             del metrics["kl/topk_mass"]
         if run.log is not None:
-            run.log.log(step, metrics)
+            run.log.log(step, metrics | run.watch.metrics(run, step))
+            run.log.log_samples(step, run.watch.samples(run, step, rollouts))
         warned = warned or _warn_topk_leak(run, step, metrics.get("kl/topk_mass", 1.0))
         bar.set_postfix(kl=f"{metrics.get('kl/reverse_full', float('nan')):.4f}", loss=f"{sums['loss']:.4f}")
         if (t.save_every and step % t.save_every == 0) or step == t.steps:

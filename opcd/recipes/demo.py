@@ -28,4 +28,4 @@ def run_demo(run_dir: str, overrides: list[str]) -> dict:
             *overrides,
         ],
     )
-    return distill_prompt(cfg, EvalPlan(scorer=(CHECKER,)))
+    return distill_prompt(cfg, EvalPlan(scorer=(CHECKER,), gap=False))

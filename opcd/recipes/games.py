@@ -16,6 +16,7 @@ class GameYardstick:
     metric = "success"
     scorer = ["success"]
     last_rule = "last checkpoint"
+    gap_key = None  # a game's turns are not one prompt and answer: no context gap
 
     def __init__(self, cfg: Config, test_n: int, validation_n: int, progress: bool = True):
         """`validation_n` = 0: no validation split (the last checkpoint is reported)."""

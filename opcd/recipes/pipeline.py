@@ -22,6 +22,7 @@ from opcd.config import Config, RolloutConfig, validate
 from opcd.core import models, rundir
 from opcd.core.checkpoint import check_resumable, list_checkpoints
 from opcd.core.data import shared_context
+from opcd.core.gap import closed
 from opcd.core.metrics import read_metrics
 from opcd.core.prompts import PromptRenderer
 from opcd.core.rollout import RolloutSource
@@ -29,6 +30,7 @@ from opcd.core.train import train
 from opcd.errors import OpcdError
 from opcd.evaluate import out_of_distribution
 from opcd.io import cached, pyplot, save_figure, write_json, write_text
+from opcd.recipes.export import write_card
 from opcd.tasks.ood import ood_digest
 from opcd.versions import software
 
@@ -57,12 +59,16 @@ class Yardstick(Protocol):
     last_rule: str  # how the rule reads when there is no validation split
     validation_key: dict  # what the validation scores depend on besides the model
     renderer: PromptRenderer  # renders the out-of-distribution prompts (the plain chat template)
+    gap_key: dict | None  # what the context gap depends on besides the model (None: the gap is not measured)
 
     def measure(self, model_path: str, *, with_context: bool, label: str) -> dict:
         """The model's summary on the test split: at least {"rate", "n"}."""
 
     def validate(self, model_path: str, label: str) -> float:
-        """The model's rate on the validation split, without the context."""
+        """The model's score on the validation split, without the context (higher is better)."""
+
+    def gap(self, model_path: str, teacher_samples: list | None) -> dict:
+        """The context gap on the test split (`opcd.core.gap`), with the teacher's samples it was measured on."""
 
     def answers(self, base: dict, student: dict) -> list[tuple[str, str, str]]:
         """(prompt, base answer, student answer) examples for the report; [] for none."""
@@ -75,6 +81,11 @@ def best_checkpoint(found: list[tuple[int, Path]], score: Callable[[int, Path], 
     return best, dict(found)[best], rates
 
 
+def weights_mtime(model_dir: Path) -> float:
+    """When a checkpoint's weights were written (the model card written beside them later does not count)."""
+    return max((p.stat().st_mtime for p in model_dir.glob("*.safetensors")), default=model_dir.stat().st_mtime)
+
+
 def choose_checkpoint(run: Path, yard: Yardstick) -> tuple[int, Path, dict]:
     """The checkpoint to report: the last, or the best on the validation split (ties: the later one)."""
     found = list_checkpoints(run)
@@ -85,7 +96,7 @@ def choose_checkpoint(run: Path, yard: Yardstick) -> tuple[int, Path, dict]:
         return step, path, {"rule": yard.last_rule}
 
     def score(step: int, path: Path) -> float:
-        key = {**yard.validation_key, "checkpoint": str(path), "mtime": (path / "model").stat().st_mtime}
+        key = {**yard.validation_key, "checkpoint": str(path), "mtime": weights_mtime(path / "model")}
         return cached(
             run / "eval", f"validation-{step}", key, lambda: yard.validate(str(path / "model"), f"step {step}")
         )
@@ -122,8 +133,9 @@ def base_cache_dir(cfg: Config, base_cache: str) -> tuple[Path, dict]:
 
 def _measure_base(cfg: Config, yard: Yardstick, base_cache: str, ood: dict, ood_key: dict, progress: bool) -> dict:
     cache, extra = base_cache_dir(cfg, base_cache)
-    base = {
-        side: cached(
+    base: dict = {}
+    for side, with_context in (("without", False), ("with", True)) if yard.scorer else ():
+        base[side] = cached(
             cache,
             f"base-{side}",
             {**yard.key, **extra},
@@ -131,15 +143,25 @@ def _measure_base(cfg: Config, yard: Yardstick, base_cache: str, ood: dict, ood_
                 cfg.model.student, with_context=with_context, label=f"base {side} the prompt"
             ),
         )
-        for side, with_context in (("without", False), ("with", True))
-    }
+    if yard.gap_key is not None:
+        base["gap"] = cached(cache, "base-gap", {**yard.gap_key, **extra}, lambda: yard.gap(cfg.model.student, None))
     base["ood"] = _cached_ood(cache / "base-ood", {**ood_key, **extra}, cfg.model.student, cfg, ood, yard.renderer)
-    if base["with"]["rate"] <= base["without"]["rate"] and progress:
+    if yard.scorer and base["with"]["rate"] <= base["without"]["rate"] and progress:
         print(
             f"opcd: warning: the base model scores {base['without']['rate']:.0%} without the prompt and "
             f"{base['with']['rate']:.0%} with it: the prompt does not help this model on these prompts"
         )
     return base
+
+
+def gap_summary(base: dict, student: dict) -> dict:
+    """The two models' gaps (without the teacher's samples) and the share of the base's gap the student closed."""
+    strip = {"teacher_samples", "responses", "teacher_responses"}
+    return {
+        "base": {k: v for k, v in base.items() if k not in strip},
+        "student": {k: v for k, v in student.items() if k not in strip},
+        "closed": {k: closed(base[k], student[k]) for k in ("reverse_kl", "extra_nll")},
+    }
 
 
 def preflight(cfg: Config) -> None:
@@ -158,15 +180,16 @@ def distill_and_measure(
     base_cache: str = "",
     source: RolloutSource | None = None,
     progress: bool = True,
+    private_context: bool = False,
 ) -> dict:
     """Evaluate, train, select, evaluate, report; returns (and writes) the results. Rerunning resumes.
 
     `ood`: the out-of-distribution suites ({} = none); `keep_weights=False` deletes the checkpoints once the results
     are written (sweeps on a small disk); `base_cache`: where base-model scores are kept for reuse ("" =
-    `base_cache_dir`'s choice)."""
+    `base_cache_dir`'s choice); `private_context`: the model card gives the context's digest, not its text."""
     preflight(cfg)
     with rundir.hold(Path(cfg.train.run_dir), progress):  # no other run writes here while this one measures
-        return _distill_and_measure(cfg, yard, ood, keep_weights, base_cache, source, progress)
+        return _distill_and_measure(cfg, yard, ood, keep_weights, base_cache, source, progress, private_context)
 
 
 def _distill_and_measure(
@@ -177,6 +200,7 @@ def _distill_and_measure(
     base_cache: str,
     source: RolloutSource | None,
     progress: bool,
+    private_context: bool,
 ) -> dict:
     began = time.time()
     run = Path(cfg.train.run_dir)
@@ -189,17 +213,27 @@ def _distill_and_measure(
     base = _measure_base(cfg, yard, base_cache, ood, ood_key, progress)
     run = train(cfg, source, resume="if-possible", progress=progress)
     step, path, selection = choose_checkpoint(run, yard)
-    student_key = {**yard.key, "checkpoint": str(path), "mtime": (path / "model").stat().st_mtime}
-    student = cached(
-        run / "eval",
-        "student",
-        student_key,
-        lambda: yard.measure(str(path / "model"), with_context=False, label=f"student step {step}"),
-    )
+    student_key = {**yard.key, "checkpoint": str(path), "mtime": weights_mtime(path / "model")}
+    student: dict = {}
+    if yard.scorer:
+        student = cached(
+            run / "eval",
+            "student",
+            student_key,
+            lambda: yard.measure(str(path / "model"), with_context=False, label=f"student step {step}"),
+        )
     key = {**ood_key, **student_key}
-    student["ood"] = _cached_ood(run / "eval" / "student-ood", key, str(path / "model"), cfg, ood, yard.renderer)
+    ood_student = _cached_ood(run / "eval" / "student-ood", key, str(path / "model"), cfg, ood, yard.renderer)
+    gap, measured_gap = None, {}
+    if yard.gap_key is not None:
+        samples = base["gap"]["teacher_samples"]
+        gap_key = {**yard.gap_key, "checkpoint": str(path), "mtime": student_key["mtime"]}
+        measured_gap = cached(run / "eval", "student-gap", gap_key, lambda: yard.gap(str(path / "model"), samples))
+        gap = gap_summary(base["gap"], measured_gap)
     rows = read_metrics(run / "metrics.jsonl")
-    measured = {BASE: base["without"], IN_CONTEXT: base["with"], student_name(cfg.loss.mode): student}
+    measured = {}
+    if yard.scorer:
+        measured = {BASE: base["without"], IN_CONTEXT: base["with"], student_name(cfg.loss.mode): student}
     results = {
         "model": cfg.model.student,
         "method": cfg.loss.mode,
@@ -211,9 +245,11 @@ def _distill_and_measure(
         "checkpoint": {"step": step, **selection},
         "rates": {name: m["rate"] for name, m in measured.items()},
         "truncated": {name: m.get("truncated", 0.0) for name, m in measured.items()},
+        "gap": gap,
+        "private_context": private_context,
         "ood": {
             name: {"base": base["ood"][name]["rate"], "student": s["rate"], "n": s["n"]}
-            for name, s in student["ood"].items()
+            for name, s in ood_student.items()
         },
         "kl_first": rows[0].get("kl/reverse_full") if rows else None,
         "kl_last": rows[-1].get("kl/reverse_full") if rows else None,
@@ -226,7 +262,10 @@ def _distill_and_measure(
     write_json(run / "results.json", results)
     if not keep_weights:  # only now: until results.json exists, a rerun resumes from these
         shutil.rmtree(run / "checkpoints", ignore_errors=True)
-    write_text(run / "report.md", report(results, yard.answers(base["without"], student)))
+    else:  # the selected checkpoint says what it is (opcd export ships it)
+        write_card(run, path / "model", results, private_context)
+    before, after = (base["without"], student) if yard.scorer else (base["gap"], measured_gap)
+    write_text(run / "report.md", report(results, yard.answers(before, after)))
     return results
 
 
@@ -243,14 +282,28 @@ def plot(rows: list[dict], results: dict, path: Path, validation: dict) -> None:
     if validation:  # the selection's scores, checkpoint by checkpoint
         twin = left.twinx()
         steps = sorted(validation)
-        twin.plot(steps, [100 * validation[s] for s in steps], marker="s", color="#e07b39")
-        twin.set_ylabel(f"validation {metric} (%)", color="#e07b39")
-        twin.set_ylim(0, 105)
-    names, values = zip(*results["rates"].items(), strict=True)
-    right.barh(names, [100 * v for v in values], color=["#999", "#4a90d9", "#e07b39"][: len(values)])
-    right.set_xlabel(f"{metric} on held-out prompts (%)")
-    right.set_xlim(0, 100)
-    right.invert_yaxis()
+        if metric == "context gap":  # validate() gives minus the gap
+            twin.plot(steps, [-validation[s] for s in steps], marker="s", color="#e07b39")
+            twin.set_ylabel("validation gap (nats/token)", color="#e07b39")
+        else:
+            twin.plot(steps, [100 * validation[s] for s in steps], marker="s", color="#e07b39")
+            twin.set_ylabel(f"validation {metric} (%)", color="#e07b39")
+            twin.set_ylim(0, 105)
+    if results["rates"]:
+        names, values = zip(*results["rates"].items(), strict=True)
+        right.barh(names, [100 * v for v in values], color=["#999", "#4a90d9", "#e07b39"][: len(values)])
+        right.set_xlabel(f"{metric} on held-out prompts (%)")
+        right.set_xlim(0, 100)
+        right.invert_yaxis()
+    else:  # the gap alone: both directions, base and student
+        gap, labels = results["gap"], ["reverse KL, own answers", "extra NLL, teacher's answers"]
+        for offset, (who, color) in enumerate((("base", "#999"), ("student", "#e07b39"))):
+            values = [gap[who]["reverse_kl"], gap[who]["extra_nll"]]
+            right.barh([i + 0.4 * offset for i in range(2)], values, height=0.4, color=color, label=who)
+        right.set_yticks([0.2, 1.2], labels)
+        right.set_xlabel("context gap on held-out prompts (nats/token)")
+        right.legend()
+        right.invert_yaxis()
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -262,15 +315,20 @@ def report(results: dict, answers: list[tuple[str, str, str]]) -> str:
         f"# opcd distill-prompt: {results['method']}",
         "",
         f"Context distilled into `{results['model']}`: {results['context']!r}",
-        f"Scored with `{' '.join(results['scorer'])}` on {results['test']['n']} held-out prompts "
+        f"Measured with {scored_with(results)} on {results['test']['n']} held-out prompts "
         f"(`{results['test']['prompts']}`). Checkpoint: step {results['checkpoint']['step']}, "
         f"{results['checkpoint']['rule']}.",
         "",
-        f"| model | {metric} | cut at the token budget |",
-        "|---|---|---|",
-        *[f"| {name} | {rate:.1%} | {results['truncated'][name]:.0%} |" for name, rate in results["rates"].items()],
-        "",
     ]
+    if results["rates"]:
+        lines += [
+            f"| model | {metric} | cut at the token budget |",
+            "|---|---|---|",
+            *[f"| {name} | {rate:.1%} | {results['truncated'][name]:.0%} |" for name, rate in results["rates"].items()],
+            "",
+        ]
+    if results.get("gap"):
+        lines += gap_table(results["gap"], results["test"]["n"])
     if results["ood"]:
         lines += [
             "Out of distribution (without any context):",
@@ -296,3 +354,26 @@ def report(results: dict, answers: list[tuple[str, str, str]]) -> str:
         for prompt, before, after in answers[:6]:
             lines += [f"- **{prompt}**", f"  - base: {before!r}", f"  - student: {after!r}"]
     return "\n".join(lines) + "\n"
+
+
+def scored_with(results: dict) -> str:
+    parts = [f"`{' '.join(results['scorer'])}`"] if results["scorer"] else []
+    return " and ".join(parts + (["the context gap"] if results.get("gap") else []))
+
+
+def _share(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0%}"
+
+
+def gap_table(gap: dict, n: int) -> list[str]:
+    """The context gap of the base model and the student (both without the prompt) to the teacher with it."""
+    rows = [(BASE, gap["base"]), ("Student, without the prompt", gap["student"])]
+    return [
+        f"Context gap to the teacher with the prompt, on the {n} held-out prompts (nats/token; 0 = the teacher):",
+        "",
+        "| model | reverse KL on its own answers | extra NLL on the teacher's answers |",
+        "|---|---|---|",
+        *[f"| {name} | {g['reverse_kl']:.4f} | {g['extra_nll']:.4f} |" for name, g in rows],
+        f"| share of the gap closed | {_share(gap['closed']['reverse_kl'])} | {_share(gap['closed']['extra_nll'])} |",
+        "",
+    ]

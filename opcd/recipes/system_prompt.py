@@ -1,23 +1,34 @@
 """`opcd distill-prompt`: distill a system prompt into a model, then show what it changed.
 
-One run of the pipeline (`opcd.recipes.pipeline`) with a prompt yardstick: the test split is a prompts file scored by
-behaviour checkers or a task grader, with the context in the teacher's rendering or not at all; the optional
-validation split (another prompts file, disjoint from training and test) chooses the checkpoint.
+One run of the pipeline (`opcd.recipes.pipeline`) with a prompt yardstick. The test split is a prompts file, measured
+two ways: the context gap (`opcd.core.gap`: how far the model without the prompt is from the teacher with it, on
+the model's own answers and on the teacher's), which needs no checker, and, when checkers or a grader are given,
+adherence or accuracy, with the context in the teacher's rendering or not at all. The optional validation split
+(another prompts file, disjoint from training and test) chooses the checkpoint: on the checkers' rate when there
+are checkers, else on the smallest gap (both directions summed).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 from opcd.config import Config, DataConfig, RolloutConfig
 from opcd.core import models
 from opcd.core.data import Example, check_disjoint, file_digest, load_examples, shared_context
+from opcd.core.gap import Probe
 from opcd.core.prompts import PromptRenderer
-from opcd.core.rollout import RolloutSource
+from opcd.core.rollout import RolloutSource, eos_ids, step_seed
+from opcd.core.scoring import PrefixCache
+from opcd.core.teachers import Teacher
 from opcd.errors import OpcdError
 from opcd.evaluate import score
+from opcd.io import cached
 from opcd.recipes.pipeline import OOD_DEFAULT, distill_and_measure, preflight
 from opcd.tasks import build_scorer, is_grader
+
+GAP_SEED = step_seed(0, -(10**6))  # the gap's samples: one fixed draw, the same for base and student
 
 # The CPU-sized training preset `opcd distill-prompt` starts from (without --config): measured on Qwen2.5-Coder-0.5B,
 # 2 cores; docs/methods.md says why these values.
@@ -38,7 +49,7 @@ PRESET = [
 class EvalPlan:
     """What to measure around a distillation run."""
 
-    scorer: tuple[str, ...]  # checker specs (`language:fr`, ...) or one grader (`number`, `choice`, ...)
+    scorer: tuple[str, ...] = ()  # checker specs (`language:fr`, ...) or one grader (`number`, ...); () = gap only
     test_prompts: str = "opcd:generic_eval"
     test_max: int = 24  # first N test prompts (0 = all)
     validation_prompts: str = ""  # select the checkpoint on these (never on the test prompts); "" = last checkpoint
@@ -47,6 +58,9 @@ class EvalPlan:
     ood: dict = field(default_factory=lambda: dict(OOD_DEFAULT))  # {} = no out-of-distribution suites
     keep_weights: bool = True  # False: delete the checkpoints after evaluation (sweeps on a small disk)
     base_cache: str = ""  # where base-model scores are kept ("" = shared for packaged models, else RUN/eval)
+    gap: bool = True  # measure the context gap on the test (and validation) prompts
+    private_context: bool = False  # the model card gives the context's SHA-256, not its text
+    custom_scorer: Callable[[str], bool] | None = None  # a Python `response -> passed` check (opcd.distill's scorer)
 
 
 def _split(cfg: Config, prompts: str, max_prompts: int) -> DataConfig:
@@ -60,7 +74,12 @@ class PromptYardstick:
 
     def __init__(self, cfg: Config, plan: EvalPlan):
         self.cfg, self.plan = cfg, plan
-        self.score_fn = build_scorer(list(plan.scorer))
+        if not plan.scorer and not plan.gap:
+            raise OpcdError("nothing to measure: give a checker or grader, or keep the context gap on")
+        self.score_fn = build_scorer(list(plan.scorer)) if plan.scorer and plan.custom_scorer is None else None
+        if plan.custom_scorer is not None:  # plan.scorer names it (`python:NAME`)
+            check = plan.custom_scorer
+            self.score_fn = lambda response, example: bool(check(response))
         train_examples = load_examples(cfg.data)
         test = _split(cfg, plan.test_prompts, plan.test_max)
         self.held_out = load_examples(test)
@@ -88,15 +107,16 @@ class PromptYardstick:
                 "file": file_digest(plan.validation_prompts),
                 "scorer": plan.scorer,
                 "rollout": asdict(plan.rollout),
+                **({} if plan.scorer else {"gap": asdict(self.gap_rollout), "teacher": self.gap_teacher_name}),
             }
-        if is_grader(plan.scorer):
+        if plan.scorer and is_grader(plan.scorer):
             missing = [e.source for e in self.held_out if e.answer is None]
             if missing:
                 raise OpcdError(
                     f"{missing[0]}: grader '{plan.scorer[0]}' needs an 'answer' field on every test example"
                 )
         self.renderer = PromptRenderer(models.load_tokenizer(cfg.model.student), cfg.data)
-        self.metric = "accuracy" if is_grader(plan.scorer) else "adherence"
+        self.metric = ("accuracy" if is_grader(plan.scorer) else "adherence") if plan.scorer else "context gap"
         self.scorer = list(plan.scorer)
         self.test = {"prompts": plan.test_prompts, "n": len(self.held_out)}
         self.key = {
@@ -107,6 +127,49 @@ class PromptYardstick:
             "test_file": file_digest(plan.test_prompts),
             "scorer": plan.scorer,
             "rollout": asdict(plan.rollout),
+        }
+        self.gap_key = None
+        if plan.gap:
+            self.gap_key = {
+                **{k: v for k, v in self.key.items() if k not in ("scorer", "rollout")},
+                "teacher": self.gap_teacher_name,
+                "gap": asdict(self.gap_rollout),
+                "seed": GAP_SEED,
+            }
+
+    @property
+    def gap_rollout(self) -> RolloutConfig:
+        """The gap samples as training does (temperature, top-p, top-k, answer budget), 16 prompts per call."""
+        r = self.cfg.rollout
+        return replace(r, samples_per_prompt=1, engine="hf", batch_size=r.batch_size or 16)
+
+    @property
+    def gap_teacher_name(self) -> str:
+        """Whom the gap measures against: the configured teacher model, or the base model (frozen, live, ema)."""
+        teacher = self.cfg.model.teacher
+        return self.cfg.model.student if teacher in ("frozen", "live", "ema") else teacher
+
+    def gap(self, model_path: str, teacher_samples: list | None, split: str = "test") -> dict:
+        """The context gap of a model on the test (or validation) prompts, to the base model with the prompt;
+        `teacher_samples` (None: drawn now) are the teacher's answers, returned with the result for reuse."""
+        examples = self.held_out if split == "test" else self.validation_examples
+        pairs = [self.renderer.render(e.messages, e.context) for e in examples]
+        dtype, device = self.cfg.model.dtype, self.cfg.model.device
+        loaded = models.load_model(self.gap_teacher_name, dtype, device).eval().requires_grad_(False)
+        model = loaded if model_path == self.gap_teacher_name else models.load_model(model_path, dtype, device)
+        rows = models.vocab_rows(model)  # a larger teacher's padding rows are no token the model can score
+        teacher = Teacher(loaded, cache=PrefixCache(), rows=rows if models.vocab_rows(loaded) > rows else None)
+        probe = Probe(pairs, self.gap_rollout, GAP_SEED)
+        probe.teacher_samples = teacher_samples
+        tokenizer = self.renderer.tokenizer
+        result = probe(model, teacher, eos_ids(tokenizer, model), tokenizer.pad_token_id, dtype)
+        decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+        return {
+            **result.as_dict(),
+            "n": len(pairs),
+            "teacher_samples": probe.teacher_samples,
+            "responses": [decode(ids) for ids in probe.own],
+            "teacher_responses": [decode(ids) for ids in probe.teacher_samples],
         }
 
     def _score(self, model_path: str, examples: list[Example], with_context: bool, label: str) -> dict:
@@ -128,7 +191,18 @@ class PromptYardstick:
         return self._score(model_path, self.held_out, with_context, label)
 
     def validate(self, model_path: str, label: str) -> float:
-        return self._score(model_path, self.validation_examples, False, f"validation {label}")["rate"]
+        """The checkers' rate on the validation prompts, or (no checkers) minus the gap there: higher is better."""
+        if self.score_fn is not None:
+            return self._score(model_path, self.validation_examples, False, f"validation {label}")["rate"]
+        key = {**self.validation_key, "teacher": self.gap_teacher_name, "seed": GAP_SEED}
+        teacher = cached(
+            Path(self.cfg.train.run_dir) / "eval",
+            "validation-teacher",
+            key,
+            lambda: self.gap(self.gap_teacher_name, None, "validation")["teacher_samples"],
+        )
+        gap = self.gap(model_path, teacher, "validation")
+        return -(gap["reverse_kl"] + gap["extra_nll"])
 
     def answers(self, base: dict, student: dict) -> list[tuple[str, str, str]]:
         return [
@@ -148,4 +222,5 @@ def distill_prompt(cfg: Config, plan: EvalPlan, *, source: RolloutSource | None 
         base_cache=plan.base_cache,
         source=source,
         progress=progress,
+        private_context=plan.private_context,
     )
