@@ -62,3 +62,10 @@ def test_tokenizer_families_are_checked(smol_tokenizer, qwen_tokenizer, capsys):
     other.chat_template = other.chat_template.replace("<|im_start|>", "<|im_start|> ")
     with pytest.raises(OpcdError, match="renders chats differently"):
         models.check_compatible(qwen_tokenizer, other, "a", "b")
+
+
+def test_a_cpu_without_bf16_instructions_is_named():
+    amd = "processor : 0\nflags : fpu sse2 avx avx2 fma\n"
+    intel = "processor : 0\nflags : fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+    assert models.cpu_lacks_bf16(amd) and not models.cpu_lacks_bf16(intel)
+    assert not models.cpu_lacks_bf16("processor : 0\nFeatures : fp asimd bf16\n")  # not x86: no claim made

@@ -232,3 +232,25 @@ def check_compatible(student_tok, teacher_tok, student_name: str, teacher_name: 
 
 def vocab_rows(model) -> int:
     return model.get_output_embeddings().weight.shape[0]
+
+
+def cpu_lacks_bf16(cpuinfo: str | None = None) -> bool:
+    """An x86 CPU without bf16 instructions (no avx512_bf16, no amx_bf16): there bf16 matmuls fall back to a slow
+    path (measured on an AMD EPYC with AVX2 only: a 1024² bf16 matmul 2.2 s, the fp32 one 0.025 s)."""
+    if cpuinfo is None:
+        path = Path("/proc/cpuinfo")
+        if not path.is_file():
+            return False
+        cpuinfo = path.read_text(errors="replace")
+    flags = set(re.findall(r"^flags\s*:(.*)$", cpuinfo, flags=re.M)[0].split()) if "flags" in cpuinfo else set()
+    return bool(flags) and "avx2" in flags and not flags & {"avx512_bf16", "amx_bf16"}
+
+
+def bf16_warning(dtype: str, device) -> str | None:
+    """The line to print when bf16 compute is asked for on a CPU that has no bf16 instructions."""
+    if dtype == "bf16" and torch.device(device).type == "cpu" and cpu_lacks_bf16():
+        return (
+            "opcd: warning: this CPU has no bf16 instructions (avx512_bf16, amx_bf16), so model.dtype=bf16 runs "
+            "many times slower than fp32 here: set model.dtype=fp32"
+        )
+    return None

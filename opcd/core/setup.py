@@ -194,6 +194,9 @@ def set_up(cfg: Config, source: RolloutSource | None, resume: bool | str, stack:
     ranks.barrier()  # every rank has read the run directory before rank 0 writes to it
     if ranks.main:
         _note_allocator(allocator)
+        slow = models.bf16_warning(cfg.model.dtype, device)
+        if slow:
+            print(slow)
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.toml")
         run.log = MetricsLog(run_dir, start_step, report_to=cfg.train.report_to, config=cfg.to_dict())
