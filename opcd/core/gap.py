@@ -25,7 +25,7 @@ from torch import Tensor
 from opcd.config import RolloutConfig
 from opcd.core.prompts import PromptPair
 from opcd.core.rollout import HFSampler, autocast, device_of
-from opcd.core.scoring import make_batch, response_logits
+from opcd.core.scoring import make_batch, pad_responses, response_logits
 from opcd.core.teachers import Teacher
 
 # (prompts, responses, context-prefix lengths) -> logits that predict each response token, [B, R, V]
@@ -76,10 +76,8 @@ def _mean_term(
         rows, answers = pairs[start : start + MICRO], responses[start : start + MICRO]
         s = model([p.student_ids for p in rows], answers, [0] * len(rows))
         t = teacher([p.teacher_ids for p in rows], answers, [p.teacher_prefix for p in rows])
-        width = max(map(len, answers))
-        ids = torch.tensor([a + [0] * (width - len(a)) for a in answers], device=s.device)
-        mask = torch.tensor([[1] * len(a) + [0] * (width - len(a)) for a in answers], device=s.device)
-        t = t.to(s.device)
+        ids, mask = (x.to(s.device) for x in pad_responses(answers))
+        width, t = ids.shape[1], t.to(s.device)
         for a in range(0, width, POSITIONS):  # bounded fp32 copies: [MICRO, POSITIONS, V] at a time
             term = token_terms(s[:, a : a + POSITIONS], t[:, a : a + POSITIONS], ids[:, a : a + POSITIONS], temp)
             total += float((term[which] * mask[:, a : a + POSITIONS]).sum())
@@ -137,18 +135,22 @@ class Probe:
     def __call__(self, student, teacher: Teacher, eos: set[int], pad_id: int, dtype: str) -> Gap:
         own = [r for r, _ in HFSampler(student, self.rollout, eos, pad_id, dtype).generate(self._student(), self.seed)]
         self.own = own
-        if self.teacher_samples is None or not teacher.fixed:
-            with teacher.active() as model:
-                sampler = HFSampler(model, self.rollout, eos, pad_id, dtype, rows=teacher.rows)
-                self.teacher_samples = [r for r, _ in sampler.generate(self._teacher(), self.seed + 1)]
         return measure(
             model_logits(student, pad_id, dtype),
             teacher_logits(teacher, pad_id, dtype),
             self.pairs,
             own,
-            self.teacher_samples,
+            self.teacher_answers(teacher, eos, pad_id, dtype),
             self.rollout.temperature,
         )
+
+    def teacher_answers(self, teacher: Teacher, eos: set[int], pad_id: int, dtype: str) -> list[list[int]]:
+        """The teacher's samples: drawn on the first call, again only when the teacher changes."""
+        if self.teacher_samples is None or not teacher.fixed:
+            with teacher.active() as model:
+                sampler = HFSampler(model, self.rollout, eos, pad_id, dtype, rows=teacher.rows)
+                self.teacher_samples = [r for r, _ in sampler.generate(self._teacher(), self.seed + 1)]
+        return self.teacher_samples
 
     def _student(self) -> list[list[int]]:
         return [p.student_ids for p in self.pairs]

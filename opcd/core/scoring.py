@@ -58,6 +58,14 @@ class Batch:
         return (full.cumsum(-1) - 1).clamp(min=0)[:, full.shape[1] - self.attention_mask.shape[1] :]
 
 
+def pad_responses(responses: list[list[int]], width: int | None = None) -> tuple[Tensor, Tensor]:
+    """Right-padded response ids (padding holds 0) and their boolean mask, `[B, width]` (default: the longest)."""
+    width = width or max(1, max(len(r) for r in responses))
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in responses])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in responses], dtype=torch.bool)
+    return ids, mask
+
+
 def make_batch(
     prompts: list[list[int]],
     responses: list[list[int]],
@@ -73,20 +81,19 @@ def make_batch(
         assert all(tuple(p[:n]) == prefix.ids and len(p) > n for p in prompts), "prompt does not extend the prefix"
         prompts = [p[n:] for p in prompts]
     width = max(len(p) for p in prompts)
-    resp_width = response_width or max(1, max(len(r) for r in responses))
-    rows, masks, resp, resp_mask = [], [], [], []
+    response_ids, response_mask = pad_responses(responses, response_width)
+    resp_width = response_ids.shape[1]
+    rows, masks = [], []
     for prompt, response in zip(prompts, responses, strict=True):
         left, right = width - len(prompt), resp_width - len(response)
         rows.append([pad_id] * left + prompt + response + [pad_id] * right)
         masks.append([0] * left + [1] * (len(prompt) + len(response)) + [0] * right)
-        resp.append(response + [0] * right)
-        resp_mask.append([1] * len(response) + [0] * right)
     return Batch(
         input_ids=torch.tensor(rows),
         attention_mask=torch.tensor(masks),
         prompt_width=width,
-        response_ids=torch.tensor(resp),
-        response_mask=torch.tensor(resp_mask, dtype=torch.bool),
+        response_ids=response_ids,
+        response_mask=response_mask,
         prefix=prefix,
     )
 

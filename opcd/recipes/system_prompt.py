@@ -149,9 +149,8 @@ class PromptYardstick:
         teacher = self.cfg.model.teacher
         return self.cfg.model.student if teacher in ("frozen", "live", "ema") else teacher
 
-    def gap(self, model_path: str, teacher_samples: list | None, split: str = "test") -> dict:
-        """The context gap of a model on the test (or validation) prompts, to the base model with the prompt;
-        `teacher_samples` (None: drawn now) are the teacher's answers, returned with the result for reuse."""
+    def _probe(self, model_path: str, split: str) -> tuple:
+        """(model, teacher, probe, tokenizer) for the context gap of `model_path` on the test or validation prompts."""
         examples = self.held_out if split == "test" else self.validation_examples
         pairs = [self.renderer.render(e.messages, e.context) for e in examples]
         dtype, device = self.cfg.model.dtype, self.cfg.model.device
@@ -159,18 +158,27 @@ class PromptYardstick:
         model = loaded if model_path == self.gap_teacher_name else models.load_model(model_path, dtype, device)
         rows = models.vocab_rows(model)  # a larger teacher's padding rows are no token the model can score
         teacher = Teacher(loaded, cache=PrefixCache(), rows=rows if models.vocab_rows(loaded) > rows else None)
-        probe = Probe(pairs, self.gap_rollout, GAP_SEED)
+        return model, teacher, Probe(pairs, self.gap_rollout, GAP_SEED), self.renderer.tokenizer
+
+    def gap(self, model_path: str, teacher_samples: list | None, split: str = "test") -> dict:
+        """The context gap of a model on the test (or validation) prompts, to the base model with the prompt;
+        `teacher_samples` (None: drawn now) are the teacher's answers, returned with the result for reuse."""
+        model, teacher, probe, tokenizer = self._probe(model_path, split)
         probe.teacher_samples = teacher_samples
-        tokenizer = self.renderer.tokenizer
-        result = probe(model, teacher, eos_ids(tokenizer, model), tokenizer.pad_token_id, dtype)
+        result = probe(model, teacher, eos_ids(tokenizer, model), tokenizer.pad_token_id, self.cfg.model.dtype)
         decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
         return {
             **result.as_dict(),
-            "n": len(pairs),
+            "n": len(probe.pairs),
             "teacher_samples": probe.teacher_samples,
             "responses": [decode(ids) for ids in probe.own],
             "teacher_responses": [decode(ids) for ids in probe.teacher_samples],
         }
+
+    def _validation_teacher(self) -> list[list[int]]:
+        """The teacher's samples on the validation prompts (only those: no model is measured)."""
+        model, teacher, probe, tokenizer = self._probe(self.gap_teacher_name, "validation")
+        return probe.teacher_answers(teacher, eos_ids(tokenizer, model), tokenizer.pad_token_id, self.cfg.model.dtype)
 
     def _score(self, model_path: str, examples: list[Example], with_context: bool, label: str) -> dict:
         model = models.load_model(model_path, self.cfg.model.dtype, self.cfg.model.device)
@@ -199,7 +207,7 @@ class PromptYardstick:
             Path(self.cfg.train.run_dir) / "eval",
             "validation-teacher",
             key,
-            lambda: self.gap(self.gap_teacher_name, None, "validation")["teacher_samples"],
+            self._validation_teacher,
         )
         gap = self.gap(model_path, teacher, "validation")
         return -(gap["reverse_kl"] + gap["extra_nll"])
