@@ -82,6 +82,10 @@ class LossConfig:
     reduction: Literal["token", "sequence"] = "token"  # global token mean, or per-sequence mean then batch mean
     chunk_size: int = 32  # response positions per loss chunk (bounds logits memory)
     min_kl: float = 1e-3  # opcd: stop at step 1 if the context changes the teacher less than this (nats/token)
+    # opcd: share of each step's rollouts the teacher answers with the context, trained with the off-policy forward KL
+    # (GKD's 1 - lambda); it falls linearly to 0 over teacher_share_steps. 0 = pure OPCD (the paper)
+    teacher_share: float = 0.0
+    teacher_share_steps: int = 0  # steps over which teacher_share falls to 0 (0 = the whole run)
 
 
 @dataclass(frozen=True)
@@ -232,6 +236,8 @@ RANGES: dict[str, tuple] = {
     "loss.discount": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "loss.chunk_size": (lambda v: v >= 1, ">= 1"),
     "loss.min_kl": (lambda v: v >= 0, ">= 0"),
+    "loss.teacher_share": (lambda v: 0 <= v <= 1, "in [0, 1] (0 = pure OPCD)"),
+    "loss.teacher_share_steps": (lambda v: v >= 0, ">= 0 (0 = the whole run)"),
     "train.steps": (lambda v: v >= 1, ">= 1"),
     "train.prompts_per_step": (lambda v: v >= 1, ">= 1"),
     "train.micro_batch_size": (lambda v: v >= 1, ">= 1"),
@@ -312,6 +318,11 @@ def validate(cfg: Config) -> None:
             r.engine == "hf" or l.mode == "opcd",
             "rollout.engine = 'vllm' samples the student (loss.mode = 'opcd'); the off-policy modes sample the teacher "
             "with HF generate: set rollout.engine = 'hf'",
+        ),
+        (
+            not l.teacher_share or (l.mode == "opcd" and l.estimator != "sampled"),
+            f"loss.teacher_share = {l.teacher_share} mixes teacher answers into OPCD's rollouts: it needs "
+            "loss.mode = 'opcd' with a topk, full or tail estimator (set loss.teacher_share = 0 otherwise)",
         ),
         (not (cfg.data.context and cfg.data.context_file), "set data.context or data.context_file, not both"),
         (

@@ -187,12 +187,14 @@ def _check_weights(path: Path) -> None:
 
 
 def changed_keys(saved: dict, now: dict) -> list[str]:
-    """`section.key` of every training setting that differs between two config dicts (resumable changes aside)."""
+    """`section.key` of every training setting that differs between two config dicts (resumable changes aside); a key
+    the saved config lacks (one added since) counts as its default."""
+    default = Config().to_dict()
     return [
         f"{s}.{k}"
         for s in TRAINING_SECTIONS
         for k in now[s]
-        if now[s][k] != saved.get(s, {}).get(k) and (s, k) not in RESUMABLE_CHANGES
+        if now[s][k] != saved.get(s, {}).get(k, default[s].get(k)) and (s, k) not in RESUMABLE_CHANGES
     ]
 
 

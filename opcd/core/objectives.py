@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 from torch import Tensor
 
 from opcd.config import LossConfig
@@ -63,6 +64,25 @@ def sampled_reward(temperature: float) -> losses.TokenLoss:
 def sampled_with_returns(returns: Tensor, temperature: float) -> losses.TokenLoss:
     """−R_t · log p_s(y_t) with the reward-to-go R precomputed over the whole response."""
     return lambda s, t, y, pos: -returns[:, pos] * losses.sampled_logprobs(s, y, temperature)
+
+
+def teacher_share(cfg: LossConfig, step: int, steps: int) -> float:
+    """The share of step `step`'s (1-based) rollouts the teacher answers: `loss.teacher_share` at step 1, falling
+    linearly to 0 at step `loss.teacher_share_steps` + 1 (default: after the run's last step)."""
+    if cfg.mode != "opcd" or not cfg.teacher_share:
+        return 0.0
+    span = cfg.teacher_share_steps or steps
+    return cfg.teacher_share * max(0.0, 1 - (step - 1) / span)
+
+
+def mixed_loss(cfg: LossConfig, temperature: float, by_teacher: Tensor) -> losses.TokenLoss:
+    """OPCD's per-token loss on the student's own rows, the off-policy forward KL on the teacher's (`by_teacher`, [B]):
+    reverse KL gives a token the student almost never samples almost no gradient, forward KL on the teacher's
+    answers gives it the teacher's probability."""
+    reverse = token_loss(cfg, temperature)
+    forward = token_loss(LossConfig(mode="offpolicy", top_k=cfg.top_k, renormalize=cfg.renormalize), temperature)
+    rows = by_teacher[:, None]
+    return lambda s, t, y, pos: torch.where(rows, forward(s, t, y, pos), reverse(s, t, y, pos))
 
 
 def is_full_reverse_kl(cfg: LossConfig) -> bool:

@@ -33,6 +33,7 @@ class Rollout:
     teacher_prefix: int  # leading teacher-prompt tokens shared by every prompt with this context
     response: list[int]
     finished: bool  # ended with EOS (False: cut at max_new_tokens)
+    by_teacher: bool = False  # answered by the teacher with the context (a mixed OPCD step, `loss.teacher_share`)
 
 
 class Sampler(Protocol):

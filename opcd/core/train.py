@@ -14,6 +14,7 @@ import math
 import time
 from collections import defaultdict
 from contextlib import ExitStack, nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -40,12 +41,26 @@ def batch_indices(n_examples: int, batch: int, seed: int, step: int) -> list[int
     return out
 
 
-def sample(run: Run, indices: list[int], seed: int, first_chunk: int) -> tuple[list[Rollout], dict[str, float]]:
-    """The rollout stage: the student answers its own prompts (vLLM or HF), or the teacher answers with context."""
-    if run.engine is not None:  # vLLM: the student's current weights go into the engine first
+def sample(
+    run: Run, indices: list[int], seed: int, first_chunk: int, step: int
+) -> tuple[list[Rollout], dict[str, float]]:
+    """The rollout stage: the student answers its own prompts (vLLM or HF), or the teacher answers with context.
+    With `loss.teacher_share`, the teacher answers the first share of an OPCD step's items (its own seed)."""
+    on_policy = run.mode.sampler == "student"
+    n = round(objectives.teacher_share(run.cfg.loss, step, run.cfg.train.steps) * len(indices))
+    rollouts, counts = _draw(run, indices[n:], seed, first_chunk, on_policy) if n < len(indices) else ([], {})
+    if run.cfg.loss.teacher_share:
+        theirs, more = _draw(run, indices[:n], step_seed(seed, -1), first_chunk, False) if n else ([], {})
+        rollouts = [replace(r, by_teacher=True) for r in theirs] + rollouts
+        counts = {k: counts.get(k, 0) + more.get(k, 0) for k in {**counts, **more}} | {"teacher_share": n}
+    return rollouts, counts
+
+
+def _draw(run: Run, indices: list[int], seed: int, first_chunk: int, on_policy: bool):
+    """One policy's rollouts for `indices`: the student (vLLM or HF) or the teacher with its context (HF)."""
+    if on_policy and run.engine is not None:  # vLLM: the student's current weights go into the engine first
         run.engine.sync(run.student)
         return run.source.draw(Policy(run.engine, True), indices, seed, first_chunk, run.ranks.rank)
-    on_policy = run.mode.sampler == "student"
     with nullcontext(run.student) if on_policy else run.teacher.active() as model:
         sampler = HFSampler(
             model,
@@ -59,12 +74,12 @@ def sample(run: Run, indices: list[int], seed: int, first_chunk: int) -> tuple[l
         return run.source.draw(Policy(sampler, on_policy), indices, seed, first_chunk, run.ranks.rank)
 
 
-def _diagnostics(sums: dict[str, float], mask: torch.Tensor, cfg: Config):
-    """Per chunk, what the loss itself does not give: the full-vocabulary reverse KL (unless the loss is that KL)
-    and, for the top-k estimators, the student's mass inside its top-k (logged, never trained on); None when there is
-    nothing to add."""
+def _diagnostics(sums: dict[str, float], mask: torch.Tensor, cfg: Config, kl: bool):
+    """Per chunk, what the loss itself does not give: the full-vocabulary reverse KL (`kl`: unless the loss is that
+    KL) and, for the top-k estimators, the student's mass inside its top-k (logged, never trained on); None when there
+    is nothing to add."""
     temp, top_k = cfg.rollout.temperature, cfg.loss.top_k
-    kl, mass = not objectives.is_full_reverse_kl(cfg.loss), objectives.uses_student_topk(cfg.loss)
+    mass = objectives.uses_student_topk(cfg.loss)
     if not (kl or mass):
         return None
 
@@ -126,7 +141,9 @@ def backward(run: Run, rollouts: list[Rollout], tokens: int, sequences: int, tim
         with autocast(dtype, run.device):  # under FSDP: the logits themselves (see student_head)
             s_hidden = (response_logits_whole if run.ranks.fsdp else response_hidden)(run.student, s_batch)
         heads, ids = (student_head, teacher_head), s_batch.response_ids
-        loss_fn = token_loss
+        by_teacher = torch.tensor([r.by_teacher for r in micro], device=run.device)
+        loss_fn = objectives.mixed_loss(cfg.loss, temp, by_teacher) if by_teacher.any() else token_loss
+        kl_in_values = objectives.is_full_reverse_kl(cfg.loss) and not by_teacher.any()
         if objectives.needs_returns(cfg.loss):
             rewards = backward_chunked(
                 s_hidden.detach(),
@@ -140,10 +157,10 @@ def backward(run: Run, rollouts: list[Rollout], tokens: int, sequences: int, tim
             loss_fn = objectives.sampled_with_returns(reward_to_go(rewards, mask, cfg.loss.discount), temp)
         values = backward_chunked(
             s_hidden, t_hidden, *heads, ids, grad_weights, loss_fn, cfg.loss.chunk_size,
-            on_chunk=_diagnostics(sums, mask, cfg),
+            on_chunk=_diagnostics(sums, mask, cfg, kl=not kl_in_values),
         )  # fmt: skip
         sums["loss"] += (values * weights).sum().item()
-        if objectives.is_full_reverse_kl(cfg.loss):  # the loss values are the KL itself: no second pass for it
+        if kl_in_values:  # the loss values are the KL itself: no second pass for it
             sums["kl_full"] += (values * mask).sum().item()
         timers["student"] += time.perf_counter() - began - (timers["teacher"] - teacher_before)
     return sums
@@ -245,7 +262,7 @@ def loop(run: Run, progress: bool = True) -> Path:
         idx = [i for i in idx for _ in range(cfg.rollout.samples_per_prompt)]
         first_chunk = mine.start // (cfg.rollout.batch_size or (mine.stop - mine.start))
 
-        rollouts, counts = sample(run, idx[mine], step_seed(t.seed, step), first_chunk)
+        rollouts, counts = sample(run, idx[mine], step_seed(t.seed, step), first_chunk, step)
         timers["generate"] = time.perf_counter() - step_began
         local = [sum(len(r.response) for r in rollouts), sum(not r.finished for r in rollouts), len(rollouts)]
         tokens, unfinished, sequences, *counted = (int(v) for v in ranks.sum(local + list(counts.values())))
