@@ -348,7 +348,10 @@ def report(results: dict, answers: list[tuple[str, str, str]]) -> str:
             f"Reverse KL of the student to the teacher on {samples}: step 1 {results['kl_first']:.3f} → step "
             f"{results['steps']} {results['kl_last']:.3f} nats/token (`metrics.jsonl`, `training.png`)."
         )
-    lines.append(f"Training {results['train_seconds']:.0f} s; whole run {results['seconds']:.0f} s.")
+    lines.append(
+        f"Training steps: {results['train_seconds']:.0f} s in all; this invocation: {results['seconds']:.0f} s "
+        "(a rerun reuses the steps and evaluations already done)."
+    )
     if answers:
         lines += ["", "## Held-out answers without the prompt: base → student", ""]
         for prompt, before, after in answers[:6]:
