@@ -98,7 +98,8 @@ class TrainConfig:
     weight_decay: float = 0.01
     beta1: float = 0.9
     beta2: float = 0.999
-    warmup_steps: int = 0  # linear warmup; constant LR after (the paper: none)
+    warmup_steps: int = 0  # linear warmup (the paper: none)
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"  # after warmup; linear/cosine fall toward 0
     max_grad_norm: float = 1.0
     seed: int = 0
     save_every: int = 2  # steps between checkpoints (0 = only the final one)

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from opcd.config import load_config
+from opcd.config import TrainConfig, load_config
 from opcd.core.checkpoint import list_checkpoints
 from opcd.core.metrics import read_metrics
-from opcd.core.train import batch_indices, train
+from opcd.core.train import batch_indices, lr_at, train
 from opcd.errors import OpcdError
 
 from .conftest import make_tiny_model, tiny_overrides
@@ -286,3 +287,15 @@ def test_batches_cover_every_example_each_epoch():
     assert sorted(seen) == list(range(12))
     assert batch_indices(12, 4, 3, 2) == batch_indices(12, 4, 3, 2)
     assert batch_indices(12, 4, 3, 2) != batch_indices(12, 4, 4, 2)
+
+
+def test_the_learning_rate_warms_up_then_follows_its_schedule():
+    def rates(schedule):
+        return [lr_at(TrainConfig(lr=1.0, steps=6, warmup_steps=2, lr_schedule=schedule), s) for s in range(1, 7)]
+
+    assert rates("constant") == [0.5, 1.0, 1.0, 1.0, 1.0, 1.0]
+    assert rates("linear") == pytest.approx([0.5, 1.0, 1.0, 0.75, 0.5, 0.25])
+    cosine = rates("cosine")
+    assert cosine[:3] == pytest.approx([0.5, 1.0, 1.0])
+    assert cosine[3] == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    assert all(a > b > 0 for a, b in zip(cosine[2:], cosine[3:], strict=False))

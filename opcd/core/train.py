@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from opcd.config import Config
+from opcd.config import Config, TrainConfig
 from opcd.core import checkpoint, objectives
 from opcd.core.heap import resident_bytes
 from opcd.core.losses import backward_chunked, reduction_weights, reward_to_go
@@ -175,7 +175,7 @@ def update(run: Run, step: int) -> tuple[float, float, bool]:
     if hasattr(grad_norm, "full_tensor"):  # FSDP: a replicated DTensor
         grad_norm = grad_norm.full_tensor()
     finite = bool(torch.isfinite(grad_norm))
-    lr = t.lr * min(1.0, step / t.warmup_steps) if t.warmup_steps else t.lr
+    lr = lr_at(t, step)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     if finite:
@@ -183,6 +183,17 @@ def update(run: Run, step: int) -> tuple[float, float, bool]:
     run.optimizer.zero_grad(set_to_none=True)
     run.teacher.after_step()
     return float(grad_norm), lr, finite
+
+
+def lr_at(t: TrainConfig, step: int) -> float:
+    """Step `step`'s (1-based) learning rate: linear warmup, then constant or decaying toward 0 at `t.steps`."""
+    if t.warmup_steps and step <= t.warmup_steps:
+        return t.lr * step / t.warmup_steps
+    if t.lr_schedule == "constant":
+        return t.lr
+    span = max(1, t.steps - t.warmup_steps)
+    done = min(1.0, (step - t.warmup_steps - 1) / span)  # 0 at the first step after warmup
+    return t.lr * ((1 - done) if t.lr_schedule == "linear" else 0.5 * (1 + math.cos(math.pi * done)))
 
 
 def _check_first_kl(run: Run, step: int, kl: float) -> None:

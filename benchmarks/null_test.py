@@ -1,0 +1,121 @@
+"""The null test: distilling a context that changes nothing must leave the student where it started.
+
+Each cell trains the packaged Qwen2.5-Coder-0.5B with `configs/system_prompt.toml` (the CPU preset: 20 steps × 8
+prompts, 32-token rollouts, full reverse KL, lr 1e-5 with 2 warmup steps) on the neutral context "You are a helpful
+assistant." (`loss.min_kl=0`, since the context changes almost nothing), with the cell's overrides on top, one fresh
+`opcd train` process per (cell, seed). The reverse KL to the teacher on each step's own samples should stay near its
+step-1 value; a KL that grows with the steps is the optimizer moving the student away from the teacher it is asked to
+match. Fixed before any run: the cells, seeds 0 and 1, and the summary (KL at step 1, the mean of steps 16–20, their
+ratio, the mean grad norm of steps 3–20).
+
+    .venv/bin/python benchmarks/null_test.py                      # every cell, seeds 0 and 1 (about 15 min)
+    .venv/bin/python benchmarks/null_test.py --cells default cosine --seeds 0
+
+Writes `benchmarks/results/null_test.{md,json,png}` after every run (a rerun of a cell and seed replaces its row).
+Nothing else may run on the machine meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+NEUTRAL = "You are a helpful assistant."
+CELLS = {
+    "default": [],  # constant lr 1e-5 after 2 warmup steps (the preset)
+    "cosine": ["train.lr_schedule=cosine"],  # the same peak rate, decaying toward 0 at step 20
+    "beta1 0.99": ["train.beta1=0.99"],  # Adam's first moment averages ~100 steps of noise instead of ~10
+}
+
+
+def run_cell(name: str, seed: int, work: Path) -> list[dict]:
+    run_dir = work / f"{name.replace(' ', '_')}-s{seed}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    command = [
+        str(ROOT / ".venv" / "bin" / "opcd"), "train", str(ROOT / "configs" / "system_prompt.toml"),
+        f"data.context={NEUTRAL}", "loss.min_kl=0", f"train.seed={seed}", f"train.run_dir={run_dir}",
+        "train.save_every=0", "train.report_to=none", *CELLS[name],
+    ]  # fmt: skip
+    subprocess.run(command, check=True, cwd=ROOT)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # 2.5 GB each; the metrics are what is kept
+    return rows
+
+
+def summary(rows: list[dict]) -> dict:
+    kl = [r["kl/reverse_full"] for r in rows]
+    return {
+        "kl": kl,
+        "kl_first": kl[0],
+        "kl_last5": statistics.mean(kl[-5:]),
+        "growth": statistics.mean(kl[-5:]) / max(kl[0], 1e-9),
+        "grad_norm": statistics.mean(r["optim/grad_norm"] for r in rows[2:]),
+        "truncated": statistics.mean(r["rollout/truncated"] for r in rows),
+    }
+
+
+def write(results: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "null_test.json").write_text(json.dumps(results, indent=1) + "\n")
+    lines = [
+        f'Null test: `opcd train configs/system_prompt.toml "data.context={NEUTRAL}" loss.min_kl=0` plus each cell\'s '
+        "overrides; reverse KL to the teacher on each step's own samples (nats/token).",
+        "",
+        "| cell | seed | KL step 1 | KL steps 16–20 | ratio | grad norm (steps 3–20) | rollouts cut at 32 tokens |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, s in sorted(results.items()):
+        cell, seed = key.rsplit("/", 1)
+        lines.append(
+            f"| {cell} | {seed} | {s['kl_first']:.4f} | {s['kl_last5']:.4f} | {s['growth']:.1f}× | "
+            f"{s['grad_norm']:.2f} | {s['truncated']:.0%} |"
+        )
+    (RESULTS / "null_test.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    plot(results)
+
+
+def plot(results: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    cells = sorted({key.rsplit("/", 1)[0] for key in results})
+    for i, cell in enumerate(cells):
+        runs = [s for key, s in sorted(results.items()) if key.rsplit("/", 1)[0] == cell]
+        for j, s in enumerate(runs):
+            ax.plot(range(1, len(s["kl"]) + 1), s["kl"], color=f"C{i}", alpha=0.8, label=cell if j == 0 else None)
+    ax.set_xlabel("step")
+    ax.set_ylabel("reverse KL to the teacher (nats/token)")
+    ax.set_title(f'Null test: distilling "{NEUTRAL}" (one line per seed)')
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "null_test.png", dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--work", default=str(ROOT / "runs" / "null_test"), help="where the runs go")
+    args = parser.parse_args()
+    path = RESULTS / "null_test.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    for seed in args.seeds:
+        for cell in args.cells:
+            results[f"{cell}/{seed}"] = summary(run_cell(cell, seed, Path(args.work)))
+            write(results)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
