@@ -23,7 +23,8 @@ from opcd.recipes.consolidate import Plan, check_plan, consolidate, write_per_pr
 from opcd.recipes.consolidate_table import table
 from opcd.recipes.demo import run_demo
 from opcd.recipes.export import export
-from opcd.recipes.pipeline import BASE, OOD_DEFAULT
+from opcd.recipes.pipeline import OOD_DEFAULT
+from opcd.recipes.report import BASE
 from opcd.recipes.system_prompt import PRESET, EvalPlan, distill_prompt
 from opcd.versions import __version__, software
 
@@ -178,7 +179,11 @@ def _print_results(results: dict) -> None:
         print(f"{'share of the gap closed':<{width}}  " + "  ".join(
             f"{'–' if v is None else f'{v:.0%}':>26}" for v in shares))  # fmt: skip
     for name, r in results.get("ood", {}).items():
-        print(f"{'OOD ' + name + ' (base -> student)':<{width}}  {r['base']:6.1%} -> {r['student']:.1%}")
+        if "in_context" in r:
+            label = f"OOD {name} (base / in-context / student)"
+            print(f"{label:<{width}}  {r['base']:6.1%} / {r['in_context']:.1%} / {r['student']:.1%}")
+        else:
+            print(f"{'OOD ' + name + ' (base -> student)':<{width}}  {r['base']:6.1%} -> {r['student']:.1%}")
     print(f"\nreport: {results['run_dir']}/report.md  ({results['seconds']:.0f} s)")
 
 

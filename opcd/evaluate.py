@@ -99,16 +99,21 @@ def out_of_distribution(
     dtype: str = "bf16",
     seed: int = 0,
     progress: bool = True,
+    context: str = "",
 ) -> dict[str, EvalResult]:
-    """`{"instructions": (60, rollout), "gsm8k": (30, rollout)}` -> one result per suite (n = 0: all items)."""
+    """`{"instructions": (60, rollout), "gsm8k": (30, rollout)}` -> one result per suite (n = 0: all items); with a
+    `context`, each prompt is asked as the teacher is (the context placed as `data.placement` says)."""
     results = {}
     for name, (n, rollout) in suites.items():
         load, check = SUITES[name]
         items = load(n)
-        prompts = [renderer.student_ids([{"role": "user", "content": item.prompt}]) for item in items]
-        responses, finished = respond(
-            model, tokenizer, prompts, rollout, dtype, seed, f"ood {name}" if progress else None
-        )
+        asked = [[{"role": "user", "content": item.prompt}] for item in items]
+        if context:
+            prompts = [renderer.render(messages, context).teacher_ids for messages in asked]
+        else:
+            prompts = [renderer.student_ids(messages) for messages in asked]
+        desc = f"ood {name}{' with the prompt' if context else ''}" if progress else None
+        responses, finished = respond(model, tokenizer, prompts, rollout, dtype, seed, desc)
         results[name] = _result([check(i, r) for i, r in zip(items, responses, strict=True)], responses, finished)
     return results
 

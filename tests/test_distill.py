@@ -57,6 +57,12 @@ def test_distill_prompt_writes_results_report_plot(tiny_model, prompts_file, tmp
     assert results["test"]["n"] == 24 and results["checkpoint"]["step"] == 2
     assert set(results["ood"]) == {"instructions", "gsm8k"}
     assert results["ood"]["instructions"]["n"] == 3 and results["ood"]["gsm8k"]["n"] == 2
+    instructions = results["ood"]["instructions"]  # starts_with:Arr! is a checker: all three retention views
+    assert 0 <= instructions["in_context"] <= 1 and set(instructions["like_with_like"]) == {"in_context", "student"}
+    split = instructions["conflict_split"]
+    assert sum(split[part]["base"][1] for part in ("conflicting", "other")) == 3
+    report = (run / "report.md").read_text()
+    assert "| in-context |" in report and "Like with like" in report and "conflict with the behaviour" in report
     assert json.loads((run / "results.json").read_text())["rates"] == results["rates"]
     assert results["software"]["torch"] == torch.__version__  # what a rerun elsewhere needs to match
     assert set(results["software"]) == {"python", "opcd", *SOFTWARE} and all(results["software"].values())
@@ -68,7 +74,7 @@ def test_rerun_reuses_every_evaluation(tiny_model, prompts_file, tmp_path, monke
     cfg = _cfg(tiny_model, prompts_file, tmp_path / "run")
     distill_prompt(cfg, _plan(), progress=False)
     saved = {p: p.stat().st_mtime_ns for p in (tmp_path / "run" / "eval").iterdir()}
-    assert len(saved) == 7  # base without, with, gap, ood; student, its ood, its gap
+    assert len(saved) == 8  # base without, with, gap, ood, ood in context; student, its ood, its gap
     again = distill_prompt(cfg, _plan(), progress=False)
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "run" / "eval").iterdir()} == saved
     assert again["checkpoint"]["step"] == 2
@@ -77,7 +83,7 @@ def test_rerun_reuses_every_evaluation(tiny_model, prompts_file, tmp_path, monke
     monkeypatch.setattr(versions, "_software", lambda: tuple(upgraded.items()))
     distill_prompt(cfg, _plan(), progress=False)
     now = {p: p.stat().st_mtime_ns for p in (tmp_path / "run" / "eval").iterdir()}
-    assert len(now) == 14 and all(now[p] == t for p, t in saved.items())
+    assert len(now) == 16 and all(now[p] == t for p, t in saved.items())
     assert json.loads((tmp_path / "run" / "results.json").read_text())["software"]["transformers"] == "9.9.9"
 
 
@@ -87,7 +93,7 @@ def test_base_scores_are_shared_through_base_cache(tiny_model, prompts_file, tmp
         cfg = _cfg(tiny_model, prompts_file, tmp_path / method, f"loss.mode={method}")
         distill_prompt(cfg, _plan(base_cache=str(shared), keep_weights=False), progress=False)
         assert not (tmp_path / method / "checkpoints").exists()
-    assert len(list(shared.iterdir())) == 4  # without, with, gap, ood
+    assert len(list(shared.iterdir())) == 5  # without, with, gap, ood, ood in context
 
 
 def test_checkpoint_is_selected_on_validation_never_on_test(tiny_model, prompts_file, tmp_path):

@@ -34,7 +34,8 @@ from opcd.games.episodes import VALIDATION_SEEDS, source_for
 from opcd.io import cached, read_json, write_json, write_text
 from opcd.recipes.consolidate_table import plot, table
 from opcd.recipes.games import GameYardstick
-from opcd.recipes.pipeline import BASE, IN_CONTEXT, OOD_DEFAULT, Yardstick, distill_and_measure, preflight, student_name
+from opcd.recipes.pipeline import OOD_DEFAULT, Yardstick, distill_and_measure, preflight, student_name
+from opcd.recipes.report import BASE, IN_CONTEXT
 from opcd.recipes.system_prompt import EvalPlan, PromptYardstick
 from opcd.versions import software
 

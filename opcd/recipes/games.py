@@ -17,6 +17,8 @@ class GameYardstick:
     scorer = ["success"]
     last_rule = "last checkpoint"
     gap_key = None  # a game's turns are not one prompt and answer: no context gap
+    behaviour = None  # success is the whole score: no behaviour to look for in other answers
+    conflict = None
 
     def __init__(self, cfg: Config, test_n: int, validation_n: int, progress: bool = True):
         """`validation_n` = 0: no validation split (the last checkpoint is reported)."""

@@ -29,13 +29,12 @@ from opcd.core.rollout import RolloutSource
 from opcd.core.train import train
 from opcd.errors import OpcdError
 from opcd.evaluate import out_of_distribution
-from opcd.io import cached, pyplot, save_figure, write_json, write_text
+from opcd.io import cached, write_json, write_text
 from opcd.recipes.export import write_card
-from opcd.tasks.ood import ood_digest
+from opcd.recipes.report import BASE, IN_CONTEXT, METHOD_NAMES, plot, report
+from opcd.tasks.ood import OodItem, instruction_items, ood_digest
 from opcd.versions import software
 
-METHOD_NAMES = {"opcd": "OPCD", "offpolicy": "Off-policy distillation", "sft": "SFT on teacher samples"}
-BASE, IN_CONTEXT = "Base, without the prompt", "In-context: base with the prompt"
 # the out-of-distribution suites: (items, decoding) each; n = 0 is all items
 OOD_DEFAULT = {
     "instructions": (0, RolloutConfig.greedy(128, batch_size=30)),
@@ -60,6 +59,8 @@ class Yardstick(Protocol):
     validation_key: dict  # what the validation scores depend on besides the model
     renderer: PromptRenderer  # renders the out-of-distribution prompts (the plain chat template)
     gap_key: dict | None  # what the context gap depends on besides the model (None: the gap is not measured)
+    behaviour: Callable[[str], bool] | None  # whether one answer shows the distilled behaviour (None: no checker)
+    conflict: Callable[[OodItem], bool] | None  # whether an instruction prompt conflicts with it (None: no rule)
 
     def measure(self, model_path: str, *, with_context: bool, label: str) -> dict:
         """The model's summary on the test split: at least {"rate", "n"}."""
@@ -105,18 +106,26 @@ def choose_checkpoint(run: Path, yard: Yardstick) -> tuple[int, Path, dict]:
     return best, path, {"rule": f"best on {yard.validation}", "validation_rates": rates}
 
 
-def measure_ood(model_path: str, cfg: Config, suites: dict, renderer: PromptRenderer) -> dict:
-    """The out-of-distribution suites' summaries for one model, asked without any context."""
+def measure_ood(model_path: str, cfg: Config, suites: dict, renderer: PromptRenderer, context: str = "") -> dict:
+    """The out-of-distribution suites' summaries for one model, asked without any context (or with `context`)."""
     model = models.load_model(model_path, cfg.model.dtype, cfg.model.device)
-    results = out_of_distribution(model, renderer.tokenizer, renderer, suites, dtype=cfg.model.dtype)
+    results = out_of_distribution(model, renderer.tokenizer, renderer, suites, dtype=cfg.model.dtype, context=context)
     return {name: r.summary() for name, r in results.items()}
 
 
-def _cached_ood(where: Path, key: dict, model_path: str, cfg: Config, suites: dict, renderer: PromptRenderer) -> dict:
+def _cached_ood(
+    where: Path, key: dict, model_path: str, cfg: Config, suites: dict, renderer: PromptRenderer, context: str = ""
+) -> dict:
     """The suites' summaries, cached as `where-DIGEST.json`; {} (nothing measured, nothing cached) for no suites."""
     if not suites:
         return {}
-    return cached(where.parent, where.name, key, lambda: measure_ood(model_path, cfg, suites, renderer))
+    key = {**key, "model": model_path, **({"context": context, "placement": cfg.data.placement} if context else {})}
+    return cached(where.parent, where.name, key, lambda: measure_ood(model_path, cfg, suites, renderer, context))
+
+
+def teacher_model(cfg: Config) -> str:
+    """The model that answers with the context: the student's own base, or a separate teacher."""
+    return cfg.model.student if cfg.model.teacher in ("frozen", "live", "ema") else cfg.model.teacher
 
 
 def base_cache_dir(cfg: Config, base_cache: str) -> tuple[Path, dict]:
@@ -146,12 +155,69 @@ def _measure_base(cfg: Config, yard: Yardstick, base_cache: str, ood: dict, ood_
     if yard.gap_key is not None:
         base["gap"] = cached(cache, "base-gap", {**yard.gap_key, **extra}, lambda: yard.gap(cfg.model.student, None))
     base["ood"] = _cached_ood(cache / "base-ood", {**ood_key, **extra}, cfg.model.student, cfg, ood, yard.renderer)
+    context = shared_context(cfg.data)  # "" when each prompt brings its own: no one in-context teacher to ask
+    if context:
+        where, key = cache / "base-ood-in-context", {**ood_key, **extra, **_teacher_identity(cfg)}
+        base["ood_in_context"] = _cached_ood(where, key, teacher_model(cfg), cfg, ood, yard.renderer, context)
     if yard.scorer and base["with"]["rate"] <= base["without"]["rate"] and progress:
         print(
             f"opcd: warning: the base model scores {base['without']['rate']:.0%} without the prompt and "
             f"{base['with']['rate']:.0%} with it: the prompt does not help this model on these prompts"
         )
     return base
+
+
+def _teacher_identity(cfg: Config) -> dict:
+    """What the in-context teacher's scores depend on besides the model name: a packaged teacher's weights."""
+    weights = models.packaged_identity(teacher_model(cfg))
+    return {"teacher_weights": weights} if weights is not None else {}
+
+
+def ood_results(
+    base: dict,
+    student: dict,
+    behaviour: Callable[[str], bool] | None,
+    conflict: Callable[[OodItem], bool] | None = None,
+) -> dict:
+    """Per suite: base, in-context teacher (when asked) and student rates; with a behaviour checker, like with like
+    (each model's rate among its answers that show the behaviour and among those that do not) and, for the
+    instruction suite, its prompts that conflict with the behaviour apart from the others (`conflict`)."""
+    out = {}
+    for name, s in student.items():
+        row = {"base": base["ood"][name]["rate"], "student": s["rate"], "n": s["n"]}
+        teacher = base.get("ood_in_context", {}).get(name)
+        if teacher is not None:
+            row["in_context"] = teacher["rate"]
+        if name == "instructions" and conflict is not None:
+            measured = {"base": base["ood"][name], **({"in_context": teacher} if teacher else {}), "student": s}
+            flags = [conflict(item) for item in instruction_items(s["n"])]
+            row["conflict_split"] = {
+                part: {who: _passes(m["passed"], flags, want) for who, m in measured.items()}
+                for part, want in (("conflicting", True), ("other", False))
+            }
+        if teacher is not None and behaviour is not None:
+            row["like_with_like"] = {
+                who: split_by_behaviour(summary["passed"], [behaviour(r) for r in summary["responses"]])
+                for who, summary in (("in_context", teacher), ("student", s))
+            }
+        out[name] = row
+    return out
+
+
+def _passes(passed: list[bool], flags: list[bool], want: bool) -> list[int]:
+    """[passes, answers] among the items whose flag is `want`."""
+    chosen = [ok for ok, flag in zip(passed, flags, strict=True) if flag == want]
+    return [sum(chosen), len(chosen)]
+
+
+def split_by_behaviour(passed: list[bool], shows: list[bool]) -> dict:
+    """{"shows": [passes, answers], "not": [passes, answers]}: the suite's passes among answers with the behaviour
+    and among those without."""
+    groups = {"shows": [0, 0], "not": [0, 0]}
+    for ok, show in zip(passed, shows, strict=True):
+        group = groups["shows" if show else "not"]
+        group[0], group[1] = group[0] + int(ok), group[1] + 1
+    return groups
 
 
 def gap_summary(base: dict, student: dict) -> dict:
@@ -247,10 +313,7 @@ def _distill_and_measure(
         "truncated": {name: m.get("truncated", 0.0) for name, m in measured.items()},
         "gap": gap,
         "private_context": private_context,
-        "ood": {
-            name: {"base": base["ood"][name]["rate"], "student": s["rate"], "n": s["n"]}
-            for name, s in ood_student.items()
-        },
+        "ood": ood_results(base, ood_student, yard.behaviour, yard.conflict),
         "kl_first": rows[0].get("kl/reverse_full") if rows else None,
         "kl_last": rows[-1].get("kl/reverse_full") if rows else None,
         "steps": rows[-1]["step"] if rows else 0,
@@ -267,116 +330,3 @@ def _distill_and_measure(
     before, after = (base["without"], student) if yard.scorer else (base["gap"], measured_gap)
     write_text(run / "report.md", report(results, yard.answers(before, after)))
     return results
-
-
-def plot(rows: list[dict], results: dict, path: Path, validation: dict) -> None:
-    """The reverse KL (or loss) over steps with the validation scores, and the three models' test rates."""
-    metric = results["metric"]
-    fig, (left, right) = pyplot().subplots(1, 2, figsize=(10, 3.6))
-    key = "kl/reverse_full" if rows and "kl/reverse_full" in rows[0] else "loss/value"
-    left.plot([r["step"] for r in rows], [r[key] for r in rows], marker="o")
-    left.set_xlabel("step")
-    left.set_ylabel("reverse KL to the teacher (nats/token)" if key.startswith("kl") else "loss")
-    left.set_title("training")
-    left.grid(alpha=0.3)
-    if validation:  # the selection's scores, checkpoint by checkpoint
-        twin = left.twinx()
-        steps = sorted(validation)
-        if metric == "context gap":  # validate() gives minus the gap
-            twin.plot(steps, [-validation[s] for s in steps], marker="s", color="#e07b39")
-            twin.set_ylabel("validation gap (nats/token)", color="#e07b39")
-        else:
-            twin.plot(steps, [100 * validation[s] for s in steps], marker="s", color="#e07b39")
-            twin.set_ylabel(f"validation {metric} (%)", color="#e07b39")
-            twin.set_ylim(0, 105)
-    if results["rates"]:
-        names, values = zip(*results["rates"].items(), strict=True)
-        right.barh(names, [100 * v for v in values], color=["#999", "#4a90d9", "#e07b39"][: len(values)])
-        right.set_xlabel(f"{metric} on held-out prompts (%)")
-        right.set_xlim(0, 100)
-        right.invert_yaxis()
-    else:  # the gap alone: both directions, base and student
-        gap, labels = results["gap"], ["reverse KL, own answers", "extra NLL, teacher's answers"]
-        for offset, (who, color) in enumerate((("base", "#999"), ("student", "#e07b39"))):
-            values = [gap[who]["reverse_kl"], gap[who]["extra_nll"]]
-            right.barh([i + 0.4 * offset for i in range(2)], values, height=0.4, color=color, label=who)
-        right.set_yticks([0.2, 1.2], labels)
-        right.set_xlabel("context gap on held-out prompts (nats/token)")
-        right.legend()
-        right.invert_yaxis()
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-def report(results: dict, answers: list[tuple[str, str, str]]) -> str:
-    """`report.md`: the three models' rates, the out-of-distribution change, the KL, and answers before/after."""
-    metric = results["metric"]
-    lines = [
-        f"# opcd distill-prompt: {results['method']}",
-        "",
-        f"Context distilled into `{results['model']}`: {results['context']!r}",
-        f"Measured with {scored_with(results)} on {results['test']['n']} held-out prompts "
-        f"(`{results['test']['prompts']}`). Checkpoint: step {results['checkpoint']['step']}, "
-        f"{results['checkpoint']['rule']}.",
-        "",
-    ]
-    if results["rates"]:
-        lines += [
-            f"| model | {metric} | cut at the token budget |",
-            "|---|---|---|",
-            *[f"| {name} | {rate:.1%} | {results['truncated'][name]:.0%} |" for name, rate in results["rates"].items()],
-            "",
-        ]
-    if results.get("gap"):
-        lines += gap_table(results["gap"], results["test"]["n"])
-    if results["ood"]:
-        lines += [
-            "Out of distribution (without any context):",
-            "",
-            "| suite | base | student | change |",
-            "|---|---|---|---|",
-        ]
-        for name, r in results["ood"].items():
-            lines.append(
-                f"| {name} ({r['n']}) | {r['base']:.1%} | {r['student']:.1%} | "
-                f"{100 * (r['student'] - r['base']):+.1f} points |"
-            )
-        lines.append("")
-    if results["kl_first"] is not None:
-        samples = "the teacher's samples" if results["method"] in ("offpolicy", "sft") else "the student's own samples"
-        lines.append(
-            f"Reverse KL of the student to the teacher on {samples}: step 1 {results['kl_first']:.3f} → step "
-            f"{results['steps']} {results['kl_last']:.3f} nats/token (`metrics.jsonl`, `training.png`)."
-        )
-    lines.append(
-        f"Training steps: {results['train_seconds']:.0f} s in all; this invocation: {results['seconds']:.0f} s "
-        "(a rerun reuses the steps and evaluations already done)."
-    )
-    if answers:
-        lines += ["", "## Held-out answers without the prompt: base → student", ""]
-        for prompt, before, after in answers[:6]:
-            lines += [f"- **{prompt}**", f"  - base: {before!r}", f"  - student: {after!r}"]
-    return "\n".join(lines) + "\n"
-
-
-def scored_with(results: dict) -> str:
-    parts = [f"`{' '.join(results['scorer'])}`"] if results["scorer"] else []
-    return " and ".join(parts + (["the context gap"] if results.get("gap") else []))
-
-
-def _share(value: float | None) -> str:
-    return "–" if value is None else f"{value:.0%}"
-
-
-def gap_table(gap: dict, n: int) -> list[str]:
-    """The context gap of the base model and the student (both without the prompt) to the teacher with it."""
-    rows = [(BASE, gap["base"]), ("Student, without the prompt", gap["student"])]
-    return [
-        f"Context gap to the teacher with the prompt, on the {n} held-out prompts (nats/token; 0 = the teacher):",
-        "",
-        "| model | reverse KL on its own answers | extra NLL on the teacher's answers |",
-        "|---|---|---|",
-        *[f"| {name} | {g['reverse_kl']:.4f} | {g['extra_nll']:.4f} |" for name, g in rows],
-        f"| share of the gap closed | {_share(gap['closed']['reverse_kl'])} | {_share(gap['closed']['extra_nll'])} |",
-        "",
-    ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 from opcd.config import Config, DataConfig, RolloutConfig
@@ -27,6 +28,7 @@ from opcd.evaluate import score
 from opcd.io import cached
 from opcd.recipes.pipeline import OOD_DEFAULT, distill_and_measure, preflight
 from opcd.tasks import build_scorer, is_grader
+from opcd.tasks.conflicts import conflicting_ids, conflicts
 
 GAP_SEED = step_seed(0, -(10**6))  # the gap's samples: one fixed draw, the same for base and student
 
@@ -117,6 +119,12 @@ class PromptYardstick:
                 )
         self.renderer = PromptRenderer(models.load_tokenizer(cfg.model.student), cfg.data)
         self.metric = ("accuracy" if is_grader(plan.scorer) else "adherence") if plan.scorer else "context gap"
+        self.behaviour = None  # a checker also says whether an out-of-distribution answer shows the behaviour
+        if self.score_fn is not None and not is_grader(plan.scorer):
+            score_fn, anywhere = self.score_fn, Example([], "", "out-of-distribution answer")
+            self.behaviour = lambda response: bool(score_fn(response, anywhere))
+        known = plan.custom_scorer is None and all(conflicting_ids(s) is not None for s in plan.scorer)
+        self.conflict = partial(conflicts, list(plan.scorer)) if self.behaviour and known else None
         self.scorer = list(plan.scorer)
         self.test = {"prompts": plan.test_prompts, "n": len(self.held_out)}
         self.key = {
