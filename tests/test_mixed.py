@@ -4,6 +4,7 @@ trained with the forward KL, the student's own with the reverse KL."""
 from __future__ import annotations
 
 from contextlib import ExitStack
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from opcd.core import losses, objectives
 from opcd.core.metrics import read_metrics
 from opcd.core.rollout import HFSampler, step_seed
 from opcd.core.setup import set_up
-from opcd.core.train import sample, train
+from opcd.core.train import sample, teacher_count, train
 from opcd.errors import OpcdError
 
 from .conftest import tiny_overrides
@@ -27,6 +28,16 @@ def test_the_share_falls_linearly_to_zero():
     assert objectives.teacher_share(whole_run, 10, 10) == pytest.approx(0.1)
     assert objectives.teacher_share(LossConfig(), 1, 10) == 0.0  # pure OPCD
     assert objectives.teacher_share(LossConfig(mode="offpolicy", teacher_share=0.5), 1, 10) == 0.0
+
+
+def test_the_teachers_rows_are_counted_over_the_whole_step_whatever_the_number_of_processes():
+    cfg = SimpleNamespace(loss=LossConfig(teacher_share=0.2), train=SimpleNamespace(steps=10))
+    items = list(range(8))  # 0.2 x 8 = 1.6: the teacher answers the step's first 2 items
+    one = teacher_count(SimpleNamespace(cfg=cfg, mine=slice(0, 8)), 1, items)
+    four = [teacher_count(SimpleNamespace(cfg=cfg, mine=slice(r * 2, r * 2 + 2)), 1, items) for r in range(4)]
+    assert one == 2 and four == [2, 0, 0, 0]
+    half = SimpleNamespace(loss=LossConfig(teacher_share=0.5), train=SimpleNamespace(steps=10))
+    assert teacher_count(SimpleNamespace(cfg=half, mine=slice(0, 5)), 1, list(range(5))) == 3  # 2.5 rounds up
 
 
 def test_teacher_rows_get_the_forward_kl_and_student_rows_the_reverse_kl():
@@ -47,7 +58,8 @@ def test_the_teacher_answers_its_share_with_the_context_and_the_student_the_rest
     with ExitStack() as stack:
         run = set_up(cfg, None, False, stack)
         indices, seed = [3, 7, 1, 9], step_seed(0, 1)
-        rollouts, counts = sample(run, indices, seed, 0, step=1)
+        assert teacher_count(run, 1, indices) == 2
+        rollouts, counts = sample(run, indices, seed, 0, teacher_count(run, 1, indices))
         assert counts == {"teacher_share": 2}
         assert [r.by_teacher for r in rollouts] == [True, True, False, False]
         assert [r.example for r in rollouts] == indices
@@ -61,7 +73,8 @@ def test_the_teacher_answers_its_share_with_the_context_and_the_student_the_rest
             [p.student_ids for p in pairs[2:]], seed
         )
         assert [r.response for r in rollouts] == [r for r, _ in theirs + mine]
-        assert len(sample(run, indices, seed, 0, step=2)[0]) == 4  # the share is 0.25 at step 2 of 2: 1 row
+        assert teacher_count(run, 2, indices) == 1  # the share is 0.25 at step 2 of 2: 1 row
+        assert [r.by_teacher for r in sample(run, indices, seed, 0, 1)[0]] == [True, False, False, False]
 
 
 def test_a_mixed_run_trains_and_logs_the_share(tiny_model, prompts_file, tmp_path):
@@ -83,3 +96,15 @@ def test_a_share_that_cannot_mix_is_refused(tiny_model, prompts_file, tmp_path, 
     cfg = load_config(None, tiny_overrides(tiny_model, prompts_file, tmp_path / "run", **extra))
     with pytest.raises(OpcdError, match="loss.teacher_share"):
         train(cfg, progress=False)
+
+
+def test_a_schedule_that_follows_the_run_length_refuses_a_longer_resume(tiny_model, prompts_file, tmp_path):
+    for extra, refused in (({}, False), ({"train.lr_schedule": "cosine"}, True), ({"loss.teacher_share": 0.5}, True)):
+        run_dir = tmp_path / str(len(list(tmp_path.iterdir())))
+        train(load_config(None, tiny_overrides(tiny_model, prompts_file, run_dir, **extra)), progress=False)
+        longer = load_config(None, tiny_overrides(tiny_model, prompts_file, run_dir, **extra, **{"train.steps": 3}))
+        if refused:
+            with pytest.raises(OpcdError, match="train.steps"):
+                train(longer, resume=True, progress=False)
+        else:
+            train(longer, resume=True, progress=False)

@@ -190,11 +190,15 @@ def changed_keys(saved: dict, now: dict) -> list[str]:
     """`section.key` of every training setting that differs between two config dicts (resumable changes aside); a key
     the saved config lacks (one added since) counts as its default."""
     default = Config().to_dict()
+    resumable = set(RESUMABLE_CHANGES)
+    loss = now["loss"]
+    if now["train"]["lr_schedule"] != "constant" or (loss["teacher_share"] and not loss["teacher_share_steps"]):
+        resumable.discard(("train", "steps"))  # a schedule that follows train.steps would change mid-run
     return [
         f"{s}.{k}"
         for s in TRAINING_SECTIONS
         for k in now[s]
-        if now[s][k] != saved.get(s, {}).get(k, default[s].get(k)) and (s, k) not in RESUMABLE_CHANGES
+        if now[s][k] != saved.get(s, {}).get(k, default[s].get(k)) and (s, k) not in resumable
     ]
 
 

@@ -86,6 +86,11 @@ def check_fsdp(cfg: Config, source: RolloutSource | None) -> None:
         ),
         (cfg.rollout.engine == "vllm", "vLLM rollouts need the whole weights on each rank: launch without FSDP"),
         (
+            cfg.loss.teacher_share > 0,
+            "loss.teacher_share gives ranks different numbers of student samples per step, which sharded sampling "
+            "cannot follow: set it to 0 or launch without FSDP (DDP)",
+        ),
+        (
             source is not None and not source.even_across_ranks,
             "this rollout source (game episodes) gives ranks different numbers of samples per step, which sharded "
             "steps cannot follow",

@@ -41,13 +41,17 @@ def batch_indices(n_examples: int, batch: int, seed: int, step: int) -> list[int
     return out
 
 
-def sample(
-    run: Run, indices: list[int], seed: int, first_chunk: int, step: int
-) -> tuple[list[Rollout], dict[str, float]]:
+def teacher_count(run: Run, step: int, items: int) -> int:
+    """How many of this rank's items the teacher answers at `step` (`loss.teacher_share`): the first
+    round(share × the step's items) of the whole step, so the split does not depend on the number of processes."""
+    whole = math.floor(objectives.teacher_share(run.cfg.loss, step, run.cfg.train.steps) * len(items) + 0.5)
+    return max(0, min(run.mine.stop, whole) - run.mine.start)
+
+
+def sample(run: Run, indices: list[int], seed: int, first_chunk: int, n: int = 0) -> tuple[list[Rollout], dict]:
     """The rollout stage: the student answers its own prompts (vLLM or HF), or the teacher answers with context.
-    With `loss.teacher_share`, the teacher answers the first share of an OPCD step's items (its own seed)."""
+    With `loss.teacher_share`, the teacher answers this rank's first `n` items (`teacher_count`; its own seed)."""
     on_policy = run.mode.sampler == "student"
-    n = round(objectives.teacher_share(run.cfg.loss, step, run.cfg.train.steps) * len(indices))
     rollouts, counts = _draw(run, indices[n:], seed, first_chunk, on_policy) if n < len(indices) else ([], {})
     if run.cfg.loss.teacher_share:
         theirs, more = _draw(run, indices[:n], step_seed(seed, -1), first_chunk, False) if n else ([], {})
@@ -273,7 +277,8 @@ def loop(run: Run, progress: bool = True) -> Path:
         idx = [i for i in idx for _ in range(cfg.rollout.samples_per_prompt)]
         first_chunk = mine.start // (cfg.rollout.batch_size or (mine.stop - mine.start))
 
-        rollouts, counts = sample(run, idx[mine], step_seed(t.seed, step), first_chunk, step)
+        teacher_n = teacher_count(run, step, idx)
+        rollouts, counts = sample(run, idx[mine], step_seed(t.seed, step), first_chunk, teacher_n)
         timers["generate"] = time.perf_counter() - step_began
         local = [sum(len(r.response) for r in rollouts), sum(not r.finished for r in rollouts), len(rollouts)]
         tokens, unfinished, sequences, *counted = (int(v) for v in ranks.sum(local + list(counts.values())))

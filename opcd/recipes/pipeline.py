@@ -157,7 +157,8 @@ def _measure_base(cfg: Config, yard: Yardstick, base_cache: str, ood: dict, ood_
     base["ood"] = _cached_ood(cache / "base-ood", {**ood_key, **extra}, cfg.model.student, cfg, ood, yard.renderer)
     context = shared_context(cfg.data)  # "" when each prompt brings its own: no one in-context teacher to ask
     if context:
-        where, key = cache / "base-ood-in-context", {**ood_key, **extra, **_teacher_identity(cfg)}
+        key = {**ood_key, **extra, **_teacher_identity(cfg, yard.renderer, context)}
+        where = cache / "base-ood-in-context"
         base["ood_in_context"] = _cached_ood(where, key, teacher_model(cfg), cfg, ood, yard.renderer, context)
     if yard.scorer and base["with"]["rate"] <= base["without"]["rate"] and progress:
         print(
@@ -167,10 +168,15 @@ def _measure_base(cfg: Config, yard: Yardstick, base_cache: str, ood: dict, ood_
     return base
 
 
-def _teacher_identity(cfg: Config) -> dict:
-    """What the in-context teacher's scores depend on besides the model name: a packaged teacher's weights."""
-    weights = models.packaged_identity(teacher_model(cfg))
-    return {"teacher_weights": weights} if weights is not None else {}
+def _teacher_identity(cfg: Config, renderer: PromptRenderer, context: str) -> dict:
+    """What the in-context teacher's scores depend on besides the model name: its weights (a packaged teacher's
+    identity, a local one's write time) and how the context reaches it (a probe prompt rendered in full)."""
+    name = teacher_model(cfg)
+    weights = models.packaged_identity(name)
+    if weights is None and Path(name).is_dir():
+        weights = weights_mtime(Path(name))
+    probe = renderer.render([{"role": "user", "content": "?"}], context).teacher_ids
+    return {"teacher_weights": weights, "teacher_probe": probe}
 
 
 def ood_results(
