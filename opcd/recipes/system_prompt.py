@@ -26,7 +26,7 @@ from opcd.core.teachers import Teacher
 from opcd.errors import OpcdError
 from opcd.evaluate import score
 from opcd.io import cached
-from opcd.recipes.pipeline import OOD_DEFAULT, distill_and_measure, preflight
+from opcd.recipes.pipeline import OOD_DEFAULT, distill_and_measure, preflight, teacher_model
 from opcd.tasks import build_scorer, is_grader
 from opcd.tasks.conflicts import conflicting_ids, conflicts
 
@@ -153,9 +153,8 @@ class PromptYardstick:
 
     @property
     def gap_teacher_name(self) -> str:
-        """Whom the gap measures against: the configured teacher model, or the base model (frozen, live, ema)."""
-        teacher = self.cfg.model.teacher
-        return self.cfg.model.student if teacher in ("frozen", "live", "ema") else teacher
+        """Whom the gap measures against: the model that answers with the context (`pipeline.teacher_model`)."""
+        return teacher_model(self.cfg)
 
     def _probe(self, model_path: str, split: str) -> tuple:
         """(model, teacher, probe, tokenizer) for the context gap of `model_path` on the test or validation prompts."""
