@@ -33,11 +33,11 @@ def test_the_share_falls_linearly_to_zero():
 def test_the_teachers_rows_are_counted_over_the_whole_step_whatever_the_number_of_processes():
     cfg = SimpleNamespace(loss=LossConfig(teacher_share=0.2), train=SimpleNamespace(steps=10))
     items = list(range(8))  # 0.2 x 8 = 1.6: the teacher answers the step's first 2 items
-    one = teacher_count(SimpleNamespace(cfg=cfg, mine=slice(0, 8)), 1, items)
-    four = [teacher_count(SimpleNamespace(cfg=cfg, mine=slice(r * 2, r * 2 + 2)), 1, items) for r in range(4)]
+    one = teacher_count(SimpleNamespace(cfg=cfg, mine=slice(0, 8)), 1, len(items))
+    four = [teacher_count(SimpleNamespace(cfg=cfg, mine=slice(r * 2, r * 2 + 2)), 1, len(items)) for r in range(4)]
     assert one == 2 and four == [2, 0, 0, 0]
     half = SimpleNamespace(loss=LossConfig(teacher_share=0.5), train=SimpleNamespace(steps=10))
-    assert teacher_count(SimpleNamespace(cfg=half, mine=slice(0, 5)), 1, list(range(5))) == 3  # 2.5 rounds up
+    assert teacher_count(SimpleNamespace(cfg=half, mine=slice(0, 5)), 1, 5) == 3  # 2.5 rounds up
 
 
 def test_teacher_rows_get_the_forward_kl_and_student_rows_the_reverse_kl():
@@ -58,8 +58,8 @@ def test_the_teacher_answers_its_share_with_the_context_and_the_student_the_rest
     with ExitStack() as stack:
         run = set_up(cfg, None, False, stack)
         indices, seed = [3, 7, 1, 9], step_seed(0, 1)
-        assert teacher_count(run, 1, indices) == 2
-        rollouts, counts = sample(run, indices, seed, 0, teacher_count(run, 1, indices))
+        assert teacher_count(run, 1, len(indices)) == 2
+        rollouts, counts = sample(run, indices, seed, 0, teacher_count(run, 1, len(indices)))
         assert counts == {"teacher_share": 2}
         assert [r.by_teacher for r in rollouts] == [True, True, False, False]
         assert [r.example for r in rollouts] == indices
@@ -73,7 +73,7 @@ def test_the_teacher_answers_its_share_with_the_context_and_the_student_the_rest
             [p.student_ids for p in pairs[2:]], seed
         )
         assert [r.response for r in rollouts] == [r for r, _ in theirs + mine]
-        assert teacher_count(run, 2, indices) == 1  # the share is 0.25 at step 2 of 2: 1 row
+        assert teacher_count(run, 2, len(indices)) == 1  # the share is 0.25 at step 2 of 2: 1 row
         assert [r.by_teacher for r in sample(run, indices, seed, 0, 1)[0]] == [True, False, False, False]
 
 

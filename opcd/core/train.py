@@ -44,7 +44,7 @@ def batch_indices(n_examples: int, batch: int, seed: int, step: int) -> list[int
 def teacher_count(run: Run, step: int, items: int) -> int:
     """How many of this rank's items the teacher answers at `step` (`loss.teacher_share`): the first
     round(share × the step's items) of the whole step, so the split does not depend on the number of processes."""
-    whole = math.floor(objectives.teacher_share(run.cfg.loss, step, run.cfg.train.steps) * len(items) + 0.5)
+    whole = math.floor(objectives.teacher_share(run.cfg.loss, step, run.cfg.train.steps) * items + 0.5)
     return max(0, min(run.mine.stop, whole) - run.mine.start)
 
 
@@ -277,7 +277,7 @@ def loop(run: Run, progress: bool = True) -> Path:
         idx = [i for i in idx for _ in range(cfg.rollout.samples_per_prompt)]
         first_chunk = mine.start // (cfg.rollout.batch_size or (mine.stop - mine.start))
 
-        teacher_n = teacher_count(run, step, idx)
+        teacher_n = teacher_count(run, step, len(idx))
         rollouts, counts = sample(run, idx[mine], step_seed(t.seed, step), first_chunk, teacher_n)
         timers["generate"] = time.perf_counter() - step_began
         local = [sum(len(r.response) for r in rollouts), sum(not r.finished for r in rollouts), len(rollouts)]

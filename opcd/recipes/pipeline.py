@@ -219,11 +219,7 @@ def _passes(passed: list[bool], flags: list[bool], want: bool) -> list[int]:
 def split_by_behaviour(passed: list[bool], shows: list[bool]) -> dict:
     """{"shows": [passes, answers], "not": [passes, answers]}: the suite's passes among answers with the behaviour
     and among those without."""
-    groups = {"shows": [0, 0], "not": [0, 0]}
-    for ok, show in zip(passed, shows, strict=True):
-        group = groups["shows" if show else "not"]
-        group[0], group[1] = group[0] + int(ok), group[1] + 1
-    return groups
+    return {"shows": _passes(passed, shows, True), "not": _passes(passed, shows, False)}
 
 
 def gap_summary(base: dict, student: dict) -> dict:
