@@ -32,6 +32,11 @@ CELLS = {
     "default": [],  # constant lr 1e-5 after 2 warmup steps (the preset)
     "cosine": ["train.lr_schedule=cosine"],  # the same peak rate, decaying toward 0 at step 20
     "beta1 0.99": ["train.beta1=0.99"],  # Adam's first moment averages ~100 steps of noise instead of ~10
+    # Adam's ε above the gradients of noise: a weight whose gradient is far below ε moves in proportion to it, not by
+    # the full rate. The norm clip is off, since clipping a real behaviour's gradient (norm 5-10 at step 1) to 1 would
+    # bring it down to the null test's (norm ~1) and erase the difference ε is to see.
+    "eps 1e-5": ["train.adam_eps=1e-5", "train.max_grad_norm=0"],
+    "eps 1e-4": ["train.adam_eps=1e-4", "train.max_grad_norm=0"],
 }
 
 

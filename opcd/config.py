@@ -98,6 +98,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     beta1: float = 0.9
     beta2: float = 0.999
+    adam_eps: float = 1e-8  # AdamW ε: gradients far below it move their weights in proportion, not by the full rate
     warmup_steps: int = 0  # linear warmup (the paper: none)
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"  # after warmup; linear/cosine fall toward 0
     max_grad_norm: float = 1.0
@@ -246,6 +247,7 @@ RANGES: dict[str, tuple] = {
     "train.weight_decay": (lambda v: v >= 0, ">= 0"),
     "train.beta1": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "train.beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "train.adam_eps": (lambda v: v > 0, "> 0"),
     "train.warmup_steps": (lambda v: v >= 0, ">= 0 (0 = none)"),
     "train.max_grad_norm": (lambda v: v >= 0, ">= 0 (0 = no clipping)"),
     "train.seed": (lambda v: v >= 0, ">= 0"),
