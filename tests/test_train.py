@@ -299,3 +299,27 @@ def test_the_learning_rate_warms_up_then_follows_its_schedule():
     assert cosine[:3] == pytest.approx([0.5, 1.0, 1.0])
     assert cosine[3] == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
     assert all(a > b > 0 for a, b in zip(cosine[2:], cosine[3:], strict=False))
+
+
+def test_a_larger_adam_epsilon_keeps_a_null_context_from_drifting(tmp_path, smol_tokenizer, prompts_file):
+    """The null test on a tiny model: a context that changes almost nothing (a near-uniform model barely reads it).
+    Adam's update is lr · m / (√v + ε); with the usual ε every weight moves by about the full rate whatever its
+    gradient, so the student leaves the teacher it already matches (the KL jumps at step 2). With ε above the
+    gradients, each weight moves in proportion to its gradient and the student stays near the teacher."""
+    model = make_tiny_model(tmp_path / "near-uniform", smol_tokenizer, init_std=0.02)
+    settings = {
+        "data.context": "You are a helpful assistant.",
+        "loss.min_kl": 0,
+        "loss.estimator": "full",
+        "train.steps": 6,
+        "train.prompts_per_step": 12,
+        "train.micro_batch_size": 6,
+        "train.max_grad_norm": 0,
+    }
+    kl = {}
+    for eps in (1e-8, 1e-4):
+        run = _run(model, prompts_file, tmp_path / f"eps{eps}", **settings, **{"train.adam_eps": eps})
+        kl[eps] = [r["kl/reverse_full"] for r in read_metrics(run / "metrics.jsonl")]
+    assert kl[1e-8][0] == kl[1e-4][0]  # the same student and samples at step 1
+    assert kl[1e-8][1] > 5 * kl[1e-8][0], kl  # the usual ε: one update moves the student away
+    assert max(kl[1e-4]) < 2 * kl[1e-4][0], kl  # ε above the gradients: it stays where it was
