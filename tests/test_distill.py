@@ -74,7 +74,8 @@ def test_rerun_reuses_every_evaluation(tiny_model, prompts_file, tmp_path, monke
     cfg = _cfg(tiny_model, prompts_file, tmp_path / "run")
     distill_prompt(cfg, _plan(), progress=False)
     saved = {p: p.stat().st_mtime_ns for p in (tmp_path / "run" / "eval").iterdir()}
-    assert len(saved) == 8  # base without, with, gap, ood, ood in context; student, its ood, its gap
+    # base without, with, gap, each suite's ood and ood in context; student, each suite's ood, its gap
+    assert len(saved) == 11
     again = distill_prompt(cfg, _plan(), progress=False)
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "run" / "eval").iterdir()} == saved
     assert again["checkpoint"]["step"] == 2
@@ -83,17 +84,18 @@ def test_rerun_reuses_every_evaluation(tiny_model, prompts_file, tmp_path, monke
     monkeypatch.setattr(versions, "_software", lambda: tuple(upgraded.items()))
     distill_prompt(cfg, _plan(), progress=False)
     now = {p: p.stat().st_mtime_ns for p in (tmp_path / "run" / "eval").iterdir()}
-    assert len(now) == 16 and all(now[p] == t for p, t in saved.items())
+    assert len(now) == 22 and all(now[p] == t for p, t in saved.items())
     assert json.loads((tmp_path / "run" / "results.json").read_text())["software"]["transformers"] == "9.9.9"
 
 
 def test_base_scores_are_shared_through_base_cache(tiny_model, prompts_file, tmp_path):
     shared = tmp_path / "base"
-    for method in ("opcd", "offpolicy"):
+    # the second run asks one suite of the two (as the demo does): each suite's scores are cached on their own
+    for method, ood in (("opcd", TINY_OOD), ("offpolicy", {"instructions": TINY_OOD["instructions"]})):
         cfg = _cfg(tiny_model, prompts_file, tmp_path / method, f"loss.mode={method}")
-        distill_prompt(cfg, _plan(base_cache=str(shared), keep_weights=False), progress=False)
-        assert not (tmp_path / method / "checkpoints").exists()
-    assert len(list(shared.iterdir())) == 5  # without, with, gap, ood, ood in context
+        results = distill_prompt(cfg, _plan(base_cache=str(shared), keep_weights=False, ood=ood), progress=False)
+        assert not (tmp_path / method / "checkpoints").exists() and set(results["ood"]) == set(ood)
+        assert len(list(shared.iterdir())) == 7  # without, with, gap, each suite's ood and ood in context
 
 
 def test_checkpoint_is_selected_on_validation_never_on_test(tiny_model, prompts_file, tmp_path):

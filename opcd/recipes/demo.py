@@ -2,13 +2,16 @@
 
 A fixed `opcd distill-prompt` run: "answer in French" into Qwen2.5-Coder-0.5B-Instruct with OPCD (20 steps of 8
 prompts), scored on 24 held-out prompts for the base model without and with the prompt and for the student without
-it, plus the out-of-distribution checks (instruction following, GSM8K) for the base and the student. Re-running with
-the same run directory resumes rather than starting over.
+it, plus the instruction-following suite for the base, the in-context teacher and the student. GSM8K is left out of
+the demo: in French it measures mostly the behaviour's own cost (docs/methods.md, "Retention"), and its 100 held-out
+problems take 2.5 minutes a model here; `opcd distill-prompt` asks it by default. Re-running with the same run
+directory resumes rather than starting over.
 """
 
 from __future__ import annotations
 
 from opcd.config import load_config
+from opcd.recipes.pipeline import OOD_DEFAULT
 from opcd.recipes.system_prompt import PRESET, EvalPlan, distill_prompt
 
 SYSTEM_PROMPT = "Always answer in French, whatever language the question is in."
@@ -28,4 +31,5 @@ def run_demo(run_dir: str, overrides: list[str]) -> dict:
             *overrides,
         ],
     )
-    return distill_prompt(cfg, EvalPlan(scorer=(CHECKER,), gap=False))
+    ood = {"instructions": OOD_DEFAULT["instructions"]}
+    return distill_prompt(cfg, EvalPlan(scorer=(CHECKER,), gap=False, ood=ood))

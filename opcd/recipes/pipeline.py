@@ -116,11 +116,16 @@ def measure_ood(model_path: str, cfg: Config, suites: dict, renderer: PromptRend
 def _cached_ood(
     where: Path, key: dict, model_path: str, cfg: Config, suites: dict, renderer: PromptRenderer, context: str = ""
 ) -> dict:
-    """The suites' summaries, cached as `where-DIGEST.json`; {} (nothing measured, nothing cached) for no suites."""
-    if not suites:
-        return {}
+    """The suites' summaries, each cached on its own as `where-SUITE-DIGEST.json` (so runs asking other suites, such
+    as the demo's, reuse it); {} (nothing measured, nothing cached) for no suites."""
     key = {**key, "model": model_path, **({"context": context, "placement": cfg.data.placement} if context else {})}
-    return cached(where.parent, where.name, key, lambda: measure_ood(model_path, cfg, suites, renderer, context))
+    out = {}
+    for name, spec in suites.items():
+        one = {name: spec}
+        suite_key = {**key, "suite": name, "spec": str(spec), "items": ood_digest(one)}
+        measure = lambda one=one, name=name: measure_ood(model_path, cfg, one, renderer, context)[name]  # noqa: E731
+        out[name] = cached(where.parent, f"{where.name}-{name}", suite_key, measure)
+    return out
 
 
 def teacher_model(cfg: Config) -> str:
@@ -272,12 +277,7 @@ def _distill_and_measure(
 ) -> dict:
     began = time.time()
     run = Path(cfg.train.run_dir)
-    ood_key = {
-        "model": cfg.model.student,
-        "ood": str(ood),
-        "dtype": cfg.model.dtype,
-        "items": ood_digest(ood),
-    }
+    ood_key = {"model": cfg.model.student, "dtype": cfg.model.dtype}  # each suite adds its own (`_cached_ood`)
     base = _measure_base(cfg, yard, base_cache, ood, ood_key, progress)
     run = train(cfg, source, resume="if-possible", progress=progress)
     step, path, selection = choose_checkpoint(run, yard)
