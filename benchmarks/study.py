@@ -1,0 +1,144 @@
+"""The defaults study: each behaviour distilled with each setting (cell), two seeds, adherence against retention.
+
+Each (behaviour, cell, seed) is one `opcd distill-prompt` run on the packaged Qwen2.5-Coder-0.5B (the CPU preset:
+20 steps × 8 prompts, 32-token rollouts, lr 1e-5 after 2 warmup steps, plus the cell's overrides), scored on the 24
+held-out prompts (`opcd:generic_eval`) and the out-of-distribution suites (120 instruction prompts, 100 held-out GSM8K
+problems) for the base, the in-context teacher and the student. Fixed before the runs: the behaviours, the cells,
+seeds 0 and 1, and the columns below. Behaviours and cells are added, never changed once measured.
+
+    .venv/bin/python benchmarks/study.py                               # everything (about 8 min a run)
+    .venv/bin/python benchmarks/study.py --behaviours numbered --cells default --seeds 0
+
+A run directory that already holds `results.json` is read, not run again. Writes
+`benchmarks/results/study.{md,json,png}`. Nothing else may run on the machine meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+BEHAVIOURS = {  # name: (system prompt, checker)
+    "french": ("Always answer in French, whatever language the question is in.", "language:fr"),
+    # a structured format that leaves arithmetic alone: GSM8K under it measures damage, not the behaviour's cost
+    "numbered": (
+        "Always answer as a numbered list: start with '1.' and put each point on its own line.",
+        "starts_with:1.",
+    ),
+}
+CELLS = {
+    "default": [],  # the preset: ε 1e-8, grad norm clipped at 1
+    "eps 1e-4": ["train.adam_eps=1e-4", "train.max_grad_norm=0"],  # the null test's fix
+}
+
+
+def run_cell(behaviour: str, name: str, seed: int, work: Path) -> dict:
+    run_dir = work / f"{behaviour}-{name.replace(' ', '_')}-s{seed}"
+    prompt, check = BEHAVIOURS[behaviour]
+    if not (run_dir / "results.json").exists():
+        shutil.rmtree(run_dir, ignore_errors=True)
+        command = [
+            str(ROOT / ".venv" / "bin" / "opcd"), "distill-prompt", "--system-prompt", prompt, "--check", check,
+            "--run-dir", str(run_dir), f"train.seed={seed}", *CELLS[name],
+        ]  # fmt: skip
+        subprocess.run(command, check=True, cwd=ROOT)
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # 2.5 GB each; the results are what is kept
+    return summary(json.loads((run_dir / "results.json").read_text()))
+
+
+def _rate(pair: list[int]) -> float:
+    return pair[0] / pair[1] if pair[1] else float("nan")
+
+
+def summary(r: dict) -> dict:
+    instr, gsm = r["ood"]["instructions"], r["ood"]["gsm8k"]
+    other = instr["conflict_split"]["other"]
+    like = instr["like_with_like"]
+    return {
+        "adherence": r["rates"]["OPCD student, without the prompt"],
+        "teacher": r["rates"]["In-context: base with the prompt"],
+        "gap_kl": r["gap"]["closed"]["reverse_kl"] if r.get("gap") else None,
+        "instructions": {k: instr[k] for k in ("base", "in_context", "student")},
+        "other": {k: _rate(other[k]) for k in ("base", "in_context", "student")},
+        "other_n": other["base"][1],
+        "like_shows": {k: _rate(like[k]["shows"]) for k in ("in_context", "student")},
+        "gsm8k": {k: gsm[k] for k in ("base", "in_context", "student")},
+        "kl": [r["kl_first"], r["kl_last"]],
+    }
+
+
+def write(results: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "study.json").write_text(json.dumps(results, indent=1) + "\n")
+    lines = [
+        "Adherence: the student without the prompt on 24 held-out prompts (greedy; the in-context teacher in "
+        "brackets). Out of distribution: base / in-context teacher / student. Like with like: instruction following "
+        "among the answers that show the behaviour, teacher / student.",
+        "",
+        "| behaviour | cell | seed | adherence (teacher) | gap closed (KL) | KL step 1 → 20 | instructions (120) | "
+        "non-conflicting | like with like | GSM8K (100) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, s in sorted(results.items()):
+        behaviour, cell, seed = key.split("/")
+        trio = " / ".join(f"{s['instructions'][k]:.1%}" for k in ("base", "in_context", "student"))
+        other = " / ".join(f"{s['other'][k]:.1%}" for k in ("base", "in_context", "student"))
+        gsm = " / ".join(f"{s['gsm8k'][k]:.0%}" for k in ("base", "in_context", "student"))
+        like = f"{s['like_shows']['in_context']:.1%} / {s['like_shows']['student']:.1%}"
+        lines.append(
+            f"| {behaviour} | {cell} | {seed} | {s['adherence']:.0%} ({s['teacher']:.0%}) | {s['gap_kl']:.0%} | "
+            f"{s['kl'][0]:.3f} → {s['kl'][1]:.3f} | "
+            f"{trio} | {other} | {like} | {gsm} |"
+        )
+    (RESULTS / "study.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    plot(results)
+
+
+def plot(results: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    behaviours = sorted({key.split("/")[0] for key in results})
+    cells = list(CELLS)
+    fig, axes = plt.subplots(1, len(behaviours), figsize=(5 * len(behaviours), 4), squeeze=False)
+    for ax, behaviour in zip(axes[0], behaviours, strict=True):
+        for i, cell in enumerate(cells):
+            runs = [s for key, s in sorted(results.items()) if key.split("/")[:2] == [behaviour, cell]]
+            x = [100 * s["adherence"] for s in runs]
+            y = [100 * (s["other"]["student"] - s["other"]["base"]) for s in runs]
+            ax.scatter(x, y, color=f"C{i}", label=cell, s=50, alpha=0.8)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xlabel("adherence without the prompt (%)")
+        ax.set_ylabel("non-conflicting instructions: student − base (points)")
+        ax.set_title(f"{behaviour} (0.5B, one dot per seed)")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "study.png", dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--behaviours", nargs="+", default=list(BEHAVIOURS), choices=list(BEHAVIOURS))
+    parser.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--work", default=str(ROOT / "runs" / "study"), help="where the runs go")
+    args = parser.parse_args()
+    path = RESULTS / "study.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    for behaviour in args.behaviours:
+        for seed in args.seeds:
+            for cell in args.cells:
+                results[f"{behaviour}/{cell}/{seed}"] = run_cell(behaviour, cell, seed, Path(args.work))
+                write(results)
+
+
+if __name__ == "__main__":
+    main()
