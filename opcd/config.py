@@ -130,6 +130,11 @@ class ExperienceConfig:
     lesson_tokens: int = 160  # budget of the lesson-writing answer
     items_per_problem: int = 2  # keep the first N items of each lesson answer (the prompt asks for 1-2; 0 = all)
     eval_tokens: int = 320  # answer budget when scoring contexts (games: per turn)
+    # extraction sampling (attempts and lessons); 0 = the paper's setting for the task: math T 0.6, games T 0.7 with
+    # top-p 0.8 (the rollout temperatures of its section 7); top_k 0 = no top-k cut
+    temperature: float = 0.0
+    top_p: float = 0.0
+    top_k: int = 0
     wrapper: str = ""  # file with the in-context template ({context}, {prompt}); "" = built-in for the task
     lesson_prompt: str = ""  # file with the lesson request ({trace}, {experience}); "" = built-in for the task
 
@@ -248,6 +253,9 @@ RANGES: dict[str, tuple] = {
     "train.beta1": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "train.beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "train.adam_eps": (lambda v: v > 0, "> 0"),
+    "experience.temperature": (lambda v: v >= 0, ">= 0 (0 = the paper's for the task)"),
+    "experience.top_p": (lambda v: 0 <= v <= 1, "in [0, 1] (0 = the paper's for the task)"),
+    "experience.top_k": (lambda v: v >= 0, ">= 0 (0 = no top-k cut)"),
     "train.warmup_steps": (lambda v: v >= 0, ">= 0 (0 = none)"),
     "train.max_grad_norm": (lambda v: v >= 0, ">= 0 (0 = no clipping)"),
     "train.seed": (lambda v: v >= 0, ">= 0"),

@@ -13,7 +13,7 @@ import pytest
 import transformers
 
 from opcd.cli import main
-from opcd.config import load_config
+from opcd.config import load_config, validate
 from opcd.errors import OpcdError
 from opcd.experience import (
     ITEM_MARK,
@@ -24,6 +24,7 @@ from opcd.experience import (
     parse_items,
     read_records,
     render,
+    sampled,
     seed_file,
     select,
     write_records,
@@ -241,6 +242,8 @@ def test_extraction_resumes_where_it_stopped_without_losing_or_repeating(tiny_mo
 
     with pytest.raises(OpcdError, match=r"extracted with other settings \(token_budget\)"):
         extract(_extract_config(tiny_model, math_files, parts, **{"experience.token_budget": 99}), progress=False)
+    with pytest.raises(OpcdError, match=r"extracted with other settings \(sampling\)"):
+        extract(_extract_config(tiny_model, math_files, parts, **{"experience.temperature": 1.0}), progress=False)
     other = tmp_path / "other.jsonl"  # other problems into the same folder would mix two extractions
     other.write_text(math_files.read_text().replace("plus", "and"))
     with pytest.raises(OpcdError, match=r"extracted with other settings \(problems\)"):
@@ -572,3 +575,20 @@ def test_the_results_plot_shows_scores_on_a_percent_axis_with_instruction_follow
     assert ood.patches[2].get_facecolor() == opcd_colour  # a method keeps its colour in both panels
     consolidate_table.plot({**result, "ood": {}}, tmp_path / "without.png")
     assert len(kept_figures[-1].axes) == 1 and (tmp_path / "without.png").stat().st_size > 0
+
+
+def test_extraction_samples_at_the_papers_settings_for_the_task():
+    """Section 7's rollout settings unless set: math T 0.6; games T 0.7 with top-p 0.8; no top-k cut."""
+    math = sampled(load_config(None, []), 320)
+    assert (math.temperature, math.top_p, math.top_k, math.max_new_tokens) == (0.6, 1.0, 0, 320)
+    game = sampled(load_config(None, ["experience.task=sokoban"]), 64)
+    assert (game.temperature, game.top_p, game.top_k) == (0.7, 0.8, 0)
+    own = ["experience.temperature=1.0", "experience.top_p=0.95", "experience.top_k=20"]
+    assert _sampling_of(sampled(load_config(None, own), 8)) == (1.0, 0.95, 20)
+    with pytest.raises(OpcdError, match="experience.top_p"):
+        validate(load_config(None, ["experience.top_p=1.5"]))
+    assert main(["experience", "extract", "experience.top_p=1.5"]) == 2  # refused before any model loads
+
+
+def _sampling_of(rollout):
+    return rollout.temperature, rollout.top_p, rollout.top_k

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from opcd.config import Config
+from opcd.config import Config, validate
 from opcd.core import models
 from opcd.core.data import file_digest
 from opcd.core.rollout import step_seed
@@ -54,6 +54,7 @@ def _check_matches(path: Path, records: list[Record], task, order: list[int]) ->
 
 def extract(cfg: Config, progress: bool = True) -> Path:
     """Run (or resume) the extraction of every seed; returns the experience folder."""
+    validate(cfg)  # out-of-range settings fail here, before any model loads
     e = cfg.experience
     folder = Path(e.dir)
     name = e.model or cfg.model.student
@@ -88,7 +89,7 @@ def extract(cfg: Config, progress: bool = True) -> Path:
             ids = task.renderer.student_ids([{"role": "user", "content": ask}])
             lesson_seed = step_seed(seed, step) + 500_000
             [answer], [finished] = respond(
-                model, tokenizer, [ids], sampled(e.lesson_tokens), cfg.model.dtype, lesson_seed
+                model, tokenizer, [ids], sampled(cfg, e.lesson_tokens), cfg.model.dtype, lesson_seed
             )
             new = lesson_items(answer, finished, e.items_per_problem)
             kept, dropped = accumulate(items, new, e.token_budget, count)
@@ -122,6 +123,10 @@ def extract(cfg: Config, progress: bool = True) -> Path:
     return folder
 
 
+def _sampling(rollout) -> tuple:
+    return rollout.temperature, rollout.top_p, rollout.top_k
+
+
 def check_settings(folder: Path, cfg: Config, task) -> None:
     """Everything that shapes the contexts is recorded with the first problem; a resume under other settings would
     mix two extractions in one file, so it is refused (more seeds or problems per seed are fine)."""
@@ -138,6 +143,7 @@ def check_settings(folder: Path, cfg: Config, task) -> None:
         "lesson_tokens": e.lesson_tokens,
         "eval_tokens": e.eval_tokens,
         "items_per_problem": e.items_per_problem,
+        "sampling": list(_sampling(sampled(cfg, 0))),
         "wrapper": task.renderer.data.user_template,
         "lesson_prompt": task.lesson,
     }

@@ -3,14 +3,12 @@ the lessons are drawn from) and scores a context on its validation split (greedy
 
 from __future__ import annotations
 
-import dataclasses
-
 from opcd.config import Config, DataConfig, RolloutConfig
 from opcd.core.data import check_disjoint, load_examples
 from opcd.core.prompts import PromptRenderer
 from opcd.core.rollout import HFSampler
 from opcd.errors import OpcdError
-from opcd.evaluate import PAPER_EVAL, respond
+from opcd.evaluate import respond
 from opcd.experience.lessons import LESSON_PROMPTS, WRAPPERS, template
 from opcd.experience.pool import seeded_order
 from opcd.games import make_game
@@ -58,7 +56,7 @@ class MathTask:
         """Solve problem `index` without context (sampled); returns (trace, success=None: math uses no labels)."""
         e, problem = self.cfg.experience, self.problems[index]
         ids = self.renderer.student_ids(problem.messages)
-        rollout = sampled(e.solve_tokens)
+        rollout = sampled(self.cfg, e.solve_tokens)
         [answer], _ = respond(model, self.tokenizer, [ids], rollout, self.cfg.model.dtype, seed)
         return f"Input: {problem.messages[-1]['content']}\nOutput: {answer.strip()}", None
 
@@ -82,9 +80,21 @@ class MathTask:
         return sum(self.correct(texts)) / len(self.validation)
 
 
-def sampled(max_new_tokens: int) -> RolloutConfig:
-    """Extraction samples with the paper's evaluation settings (T 1.0, top-p 0.95, top-k 20), not the training ones."""
-    return dataclasses.replace(PAPER_EVAL, max_new_tokens=max_new_tokens, batch_size=0)
+PAPER_SAMPLING = {"math": (0.6, 1.0), "game": (0.7, 0.8)}  # (temperature, top-p) of the paper's section 7
+
+
+def sampled(cfg: Config, max_new_tokens: int) -> RolloutConfig:
+    """How extraction samples attempts and lessons: `experience.temperature` / `top_p` / `top_k`, where 0 means the
+    paper's setting for the task (math T 0.6; games T 0.7, top-p 0.8)."""
+    e = cfg.experience
+    temperature, top_p = PAPER_SAMPLING["math" if e.task == "math" else "game"]
+    return RolloutConfig(
+        temperature=e.temperature or temperature,
+        top_p=e.top_p or top_p,
+        top_k=e.top_k,
+        max_new_tokens=max_new_tokens,
+        batch_size=0,
+    )
 
 
 class GameTask:
@@ -111,7 +121,7 @@ class GameTask:
         return f"{self.game} environment {TRAINING_SEEDS + index}"
 
     def attempt(self, model, index: int, seed: int) -> tuple[str, bool]:
-        rollout = sampled(self.cfg.experience.solve_tokens)
+        rollout = sampled(self.cfg, self.cfg.experience.solve_tokens)
         sampler = HFSampler.for_model(model, self.tokenizer, rollout, self.cfg.model.dtype)
         [episode] = play(sampler, self.tokenizer, self.renderer, self.game, [TRAINING_SEEDS + index], seed)
         return episode.trace(), episode.success
