@@ -115,9 +115,12 @@ def plot(results: dict) -> None:
             x = [100 * s["adherence"] for s in runs]
             y = [100 * (s["other"]["student"] - s["other"]["base"]) for s in runs]
             ax.scatter(x, y, color=f"C{i}", label=cell, s=50, alpha=0.8)
+        first = next(s for key, s in sorted(results.items()) if key.startswith(f"{behaviour}/"))
+        teacher = (100 * first["teacher"], 100 * (first["other"]["in_context"] - first["other"]["base"]))
+        ax.scatter(*teacher, color="black", marker="*", s=120, label="in-context teacher")
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xlabel("adherence without the prompt (%)")
-        ax.set_ylabel("non-conflicting instructions: student − base (points)")
+        ax.set_ylabel("non-conflicting instructions − base (points)")
         ax.set_title(f"{behaviour} (0.5B, one dot per seed)")
         ax.legend()
     fig.tight_layout()
@@ -130,9 +133,13 @@ def main() -> None:
     parser.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--work", default=str(ROOT / "runs" / "study"), help="where the runs go")
+    parser.add_argument("--report-only", action="store_true", help="rebuild the table and plot from study.json")
     args = parser.parse_args()
     path = RESULTS / "study.json"
     results = json.loads(path.read_text()) if path.exists() else {}
+    if args.report_only:
+        write(results)
+        return
     for behaviour in args.behaviours:
         for seed in args.seeds:
             for cell in args.cells:
