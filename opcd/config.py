@@ -276,7 +276,8 @@ RANGES: dict[str, tuple] = {
 _DEVICE = re.compile(r"(auto|cpu|cuda(:\d+)?)")
 
 
-def _check_ranges(cfg: Config) -> None:
+def check_ranges(cfg: Config) -> None:
+    """Every numeric setting within its range (`RANGES`) and finite; the part of `validate` that needs no data."""
     values = {f"{s}.{k}": v for s, section in cfg.to_dict().items() for k, v in section.items()}
     for key, value in values.items():
         if isinstance(value, float) and not math.isfinite(value):
@@ -322,7 +323,7 @@ def check_run_dir(path: Path) -> None:
 
 def validate(cfg: Config) -> None:
     """Checks that need no model, before anything loads; what needs one is checked in `train` before step 1."""
-    _check_ranges(cfg)
+    check_ranges(cfg)
     t, r, l = cfg.train, cfg.rollout, cfg.loss
     checks = [
         (

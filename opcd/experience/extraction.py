@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from opcd.config import Config, validate
+from opcd.config import Config, check_ranges
 from opcd.core import models
 from opcd.core.data import file_digest
 from opcd.core.rollout import step_seed
@@ -54,7 +54,7 @@ def _check_matches(path: Path, records: list[Record], task, order: list[int]) ->
 
 def extract(cfg: Config, progress: bool = True) -> Path:
     """Run (or resume) the extraction of every seed; returns the experience folder."""
-    validate(cfg)  # out-of-range settings fail here, before any model loads
+    check_ranges(cfg)  # out-of-range settings fail here, before any model loads
     e = cfg.experience
     folder = Path(e.dir)
     name = e.model or cfg.model.student
