@@ -30,10 +30,19 @@ BEHAVIOURS = {  # name: (system prompt, checker)
         "Always answer as a numbered list: start with '1.' and put each point on its own line.",
         "starts_with:1.",
     ),
+    # added after the first two were measured, before any of their runs: a length limit and a rare first token
+    "brief": ("Answer in one short sentence of at most 12 words.", "max_words:12"),
+    "arr": ("Start every answer with 'Arr!'.", "starts_with:Arr!"),
 }
 CELLS = {
     "default": [],  # the preset: ε 1e-8, grad norm clipped at 1
     "eps 1e-4": ["train.adam_eps=1e-4", "train.max_grad_norm=0"],  # the null test's fix
+    # added after the first two were measured, before any of their runs. LoRA's rate is 10x full fine-tuning's (the
+    # usual ratio at a fixed alpha, here 32), the same at both ranks; the lower rate runs twice the steps
+    "lora r8": ["model.lora_rank=8", "train.lr=1e-4"],
+    "lora r64": ["model.lora_rank=64", "train.lr=1e-4"],
+    "lr 5e-6 x40": ["train.lr=5e-6", "train.steps=40"],
+    "mixed": ["loss.teacher_share=0.5"],  # the teacher answers half of step 1's prompts, a share falling to 0
 }
 
 
@@ -80,8 +89,8 @@ def write(results: dict) -> None:
         "brackets). Out of distribution: base / in-context teacher / student. Like with like: instruction following "
         "among the answers that show the behaviour, teacher / student.",
         "",
-        "| behaviour | cell | seed | adherence (teacher) | gap closed (KL) | KL step 1 → 20 | instructions (120) | "
-        "non-conflicting | like with like | GSM8K (100) |",
+        "| behaviour | cell | seed | adherence (teacher) | gap closed (KL) | KL first → last step | "
+        "instructions (120) | non-conflicting | like with like | GSM8K (100) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, s in sorted(results.items()):
