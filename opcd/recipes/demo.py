@@ -4,8 +4,9 @@ A fixed `opcd distill-prompt` run: "answer in French" into Qwen2.5-Coder-0.5B-In
 prompts), scored on 24 held-out prompts for the base model without and with the prompt and for the student without
 it, plus the instruction-following suite for the base, the in-context teacher and the student. GSM8K is left out of
 the demo: in French it measures mostly the behaviour's own cost (docs/methods.md, "Retention"), and its 100 held-out
-problems take 2.5 minutes a model here; `opcd distill-prompt` asks it by default. Re-running with the same run
-directory resumes rather than starting over.
+problems take 2.5 minutes a model here; `opcd distill-prompt` asks it by default. The demo checkpoints once, after
+its last step (a checkpoint of the 0.5B with its optimizer state is 7 GB to write); re-running a finished demo with
+the same run directory reuses it rather than starting over.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def run_demo(run_dir: str, overrides: list[str]) -> dict:
             "model.student=qwen2.5-coder-0.5b-instruct",
             "data.prompts=opcd:generic_train",
             f"data.context={SYSTEM_PROMPT}",
+            "train.save_every=0",
             "train.keep_checkpoints=1",
             f"train.run_dir={run_dir}",
             *overrides,
