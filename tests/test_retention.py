@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from opcd.recipes.pipeline import ood_results, split_by_behaviour
+from opcd.recipes.pipeline import ood_results, paired_interval, split_by_behaviour
 from opcd.recipes.report import ood_table
 from opcd.tasks.conflicts import conflicting_ids, conflicts
 from opcd.tasks.ood import OodItem, instruction_items
@@ -32,7 +32,7 @@ def test_three_rates_and_like_with_like_per_suite():
         "student": {"shows": [1, 3], "not": [1, 1]},
     }
     table = "\n".join(ood_table({"gsm8k": row}))
-    assert "| gsm8k (4) | 50.0% | 50.0% | 50.0% | +0.0 points |" in table
+    assert "| gsm8k (4) | 50.0% | 50.0% | 50.0% | +0.0 points (-100.0 to +100.0) |" in table
     assert "| gsm8k | 50.0% (1/2) | 33.3% (1/3) | 50.0% (1/2) | 100.0% (1/1) |" in table
 
 
@@ -40,11 +40,24 @@ def test_without_a_checker_or_a_shared_context_only_what_was_measured_is_shown()
     base = {"ood": {"gsm8k": _summary([True, False], ["a", "b"])}}
     student = {"gsm8k": _summary([True, True], ["a", "b"])}
     row = ood_results(base, student, None)["gsm8k"]
-    assert row == {"base": 0.5, "student": 1.0, "n": 2}
+    assert row == {"base": 0.5, "student": 1.0, "n": 2, "minus_base": {"student": [0.5, 0.0, 1.0]}}
     table = "\n".join(ood_table({"gsm8k": row}))
     assert "in-context" not in table and "Like with like" not in table
     base["ood_in_context"] = {"gsm8k": _summary([False, False], ["a", "b"])}
     assert "like_with_like" not in ood_results(base, student, None)["gsm8k"]  # no checker: no split
+
+
+def test_the_difference_from_the_base_has_a_paired_interval_that_tells_a_loss_from_noise():
+    base = [True] * 30 + [False] * 70
+    lost = [False] * 15 + [True] * 15 + [False] * 70  # 15 of the base's 30 lost, none won
+    difference, low, high = paired_interval(base, lost)
+    assert difference == -0.15 and low < -0.15 < high < 0  # a real loss: the interval stays below 0
+    swapped = [False] * 10 + [True] * 20 + [True] * 10 + [False] * 60  # 10 lost, 10 won: same rate
+    difference, low, high = paired_interval(base, swapped)
+    assert difference == 0 and low < 0 < high and high - low < 0.2  # within noise; unpaired rates: about 0.25
+    assert paired_interval(base, swapped) == [difference, low, high]  # a fixed seed: the report does not wobble
+    old = {"base": 0.3, "student": 0.15, "n": 100}  # results written before the interval was measured
+    assert "| x (100) | 30.0% | 15.0% | -15.0 points |" in "\n".join(ood_table({"x": old}))
 
 
 def test_the_conflict_rule_pairs_behaviours_with_the_instructions_they_break_by_design():

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
+
 from opcd.config import Config, RolloutConfig, validate
 from opcd.core import models, rundir
 from opcd.core.checkpoint import check_resumable, list_checkpoints
@@ -190,15 +192,21 @@ def ood_results(
     behaviour: Callable[[str], bool] | None,
     conflict: Callable[[OodItem], bool] | None = None,
 ) -> dict:
-    """Per suite: base, in-context teacher (when asked) and student rates; with a behaviour checker, like with like
-    (each model's rate among its answers that show the behaviour and among those that do not) and, for the
-    instruction suite, its prompts that conflict with the behaviour apart from the others (`conflict`)."""
+    """Per suite: base, in-context teacher (when asked) and student rates, each model's difference from the base
+    with its paired 95 % interval (`minus_base`); with a behaviour checker, like with like (each model's rate among
+    its answers that show the behaviour and among those that do not) and, for the instruction suite, its prompts that
+    conflict with the behaviour apart from the others (`conflict`)."""
     out = {}
     for name, s in student.items():
         row = {"base": base["ood"][name]["rate"], "student": s["rate"], "n": s["n"]}
         teacher = base.get("ood_in_context", {}).get(name)
         if teacher is not None:
             row["in_context"] = teacher["rate"]
+        row["minus_base"] = {
+            who: paired_interval(base["ood"][name]["passed"], m["passed"])
+            for who, m in (("in_context", teacher), ("student", s))
+            if m is not None
+        }
         if name == "instructions" and conflict is not None:
             measured = {"base": base["ood"][name], **({"in_context": teacher} if teacher else {}), "student": s}
             flags = [conflict(item) for item in instruction_items(s["n"])]
@@ -213,6 +221,15 @@ def ood_results(
             }
         out[name] = row
     return out
+
+
+def paired_interval(base: list[bool], other: list[bool], draws: int = 2000) -> list[float]:
+    """`other`'s rate minus `base`'s on the same items, with a 95 % paired bootstrap interval (items resampled, the
+    two answers to an item kept together; a fixed seed): [difference, low, high]."""
+    diff = np.asarray(other, dtype=float) - np.asarray(base, dtype=float)
+    means = diff[np.random.default_rng(0).integers(0, len(diff), (draws, len(diff)))].mean(1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return [float(diff.mean()), float(low), float(high)]
 
 
 def _passes(passed: list[bool], flags: list[bool], want: bool) -> list[int]:

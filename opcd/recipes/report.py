@@ -102,11 +102,14 @@ def ood_table(ood: dict) -> list[str]:
     ]
     for name, r in ood.items():
         middle = f" {r['in_context']:.1%} |" if teacher else ""
-        lines.append(
-            f"| {name} ({r['n']}) | {r['base']:.1%} |{middle} {r['student']:.1%} | "
-            f"{100 * (r['student'] - r['base']):+.1f} points |"
-        )
+        lines.append(f"| {name} ({r['n']}) | {r['base']:.1%} |{middle} {r['student']:.1%} | {_minus_base(r)} |")
     lines.append("")
+    if any("minus_base" in r for r in ood.values()):
+        lines += [
+            "The bracket is a 95 % interval for the difference, by a paired bootstrap over the suite's items: a "
+            "difference whose interval holds 0 is within the suite's noise.",
+            "",
+        ]
     for name, r in ood.items():
         if "conflict_split" in r:
             lines += conflict_table(name, r["conflict_split"])
@@ -124,6 +127,14 @@ def ood_table(ood: dict) -> list[str]:
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
+
+
+def _minus_base(r: dict) -> str:
+    """The student's difference from the base in points, with its paired 95 % interval where it was measured."""
+    if "minus_base" not in r:  # results written before the interval was measured
+        return f"{100 * (r['student'] - r['base']):+.1f} points"
+    difference, low, high = (100 * v for v in r["minus_base"]["student"])
+    return f"{difference:+.1f} points ({low:+.1f} to {high:+.1f})"
 
 
 def conflict_table(name: str, split: dict) -> list[str]:
