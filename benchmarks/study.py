@@ -21,6 +21,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from opcd.core.models import cache_dir
+from opcd.recipes.pipeline import paired_interval
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 BEHAVIOURS = {  # name: (system prompt, checker)
@@ -46,6 +49,22 @@ CELLS = {
 }
 
 
+def _gsm8k_minus_base(r: dict, run_dir: Path) -> list[float] | None:
+    """The student's GSM8K difference from the base with its paired 95 % interval: from `results.json` where the run
+    wrote it; for runs measured before it did, from the stored per-problem answers (the student's in the run's
+    `eval` folder, the base's in the shared score cache, which must hold exactly one file for the suite)."""
+    gsm = r["ood"]["gsm8k"]
+    if "minus_base" in gsm:
+        return gsm["minus_base"]["student"]
+    student = list((run_dir / "eval").glob("student-ood-gsm8k-*.json"))
+    base = [
+        p for p in (cache_dir() / "scores").glob("base-ood-gsm8k-*.json") if json.loads(p.read_text())["n"] == gsm["n"]
+    ]
+    if len(student) != 1 or len(base) != 1:
+        return None
+    return paired_interval(*(json.loads(p.read_text())["passed"] for p in (base[0], student[0])))
+
+
 def run_cell(behaviour: str, name: str, seed: int, work: Path) -> dict:
     run_dir = work / f"{behaviour}-{name.replace(' ', '_')}-s{seed}"
     prompt, check = BEHAVIOURS[behaviour]
@@ -57,7 +76,8 @@ def run_cell(behaviour: str, name: str, seed: int, work: Path) -> dict:
         ]  # fmt: skip
         subprocess.run(command, check=True, cwd=ROOT)
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # 2.5 GB each; the results are what is kept
-    return summary(json.loads((run_dir / "results.json").read_text()))
+    r = json.loads((run_dir / "results.json").read_text())
+    return summary(r) | {"gsm8k_minus_base": _gsm8k_minus_base(r, run_dir)}
 
 
 def _rate(pair: list[int]) -> float:
@@ -87,11 +107,12 @@ def write(results: dict) -> None:
     lines = [
         "Adherence: the student without the prompt on 24 held-out prompts (greedy; the in-context teacher in "
         "brackets). Out of distribution: base / in-context teacher / student. Like with like: instruction following "
-        "among the answers that show the behaviour, teacher / student.",
+        "among the answers that show the behaviour, teacher / student. GSM8K student − base: points, with a 95 % "
+        "paired bootstrap interval over the 100 problems.",
         "",
         "| behaviour | cell | seed | adherence (teacher) | gap closed (KL) | KL first → last step | "
-        "instructions (120) | non-conflicting | like with like | GSM8K (100) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "instructions (120) | non-conflicting | like with like | GSM8K (100) | GSM8K student − base (95 %) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, s in sorted(results.items()):
         behaviour, cell, seed = key.split("/")
@@ -102,11 +123,15 @@ def write(results: dict) -> None:
         lines.append(
             f"| {behaviour} | {cell} | {seed} | {s['adherence']:.0%} ({s['teacher']:.0%}) | {s['gap_kl']:.0%} | "
             f"{s['kl'][0]:.3f} → {s['kl'][1]:.3f} | "
-            f"{trio} | {other} | {like} | {gsm} |"
+            f"{trio} | {other} | {like} | {gsm} | {_interval(s.get('gsm8k_minus_base'))} |"
         )
     (RESULTS / "study.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     plot(results)
+
+
+def _interval(d: list[float] | None) -> str:
+    return "–" if d is None else f"{100 * d[0]:+.0f} ({100 * d[1]:+.0f} to {100 * d[2]:+.0f})"
 
 
 def plot(results: dict) -> None:
