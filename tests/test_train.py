@@ -323,3 +323,23 @@ def test_a_larger_adam_epsilon_keeps_a_null_context_from_drifting(tmp_path, smol
     assert kl[1e-8][0] == kl[1e-4][0]  # the same student and samples at step 1
     assert kl[1e-8][1] > 5 * kl[1e-8][0], kl  # the usual ε: one update moves the student away
     assert max(kl[1e-4]) < 2 * kl[1e-4][0], kl  # ε above the gradients: it stays where it was
+
+
+def test_sampling_hands_the_head_a_contiguous_input(tiny_model, smol_tokenizer):
+    """Hugging Face applies the head to a strided view of the prompt's last position; for weights that need no
+    gradient (a frozen teacher, a LoRA base, a merged checkpoint) torch's matmul then copies the whole vocabulary head
+    once per row. The sampler hands the head a contiguous input, and only while it samples."""
+    from transformers import AutoModelForCausalLM
+
+    from opcd.config import RolloutConfig
+    from opcd.core.rollout import HFSampler, eos_ids
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).requires_grad_(False)
+    head = model.get_output_embeddings()
+    seen = []
+    head.register_forward_hook(lambda module, args, out: seen.append(args[0].is_contiguous()))
+    greedy = RolloutConfig(temperature=0, max_new_tokens=3)
+    sampler = HFSampler(model, greedy, eos_ids(smol_tokenizer, model), smol_tokenizer.pad_token_id, "fp32")
+    answers = sampler.generate([smol_tokenizer(t).input_ids for t in ("Hello there, how are you?", "Hi")], seed=0)
+    assert len(answers) == 2 and seen and all(seen)
+    assert not head._forward_pre_hooks  # removed after sampling

@@ -179,20 +179,31 @@ class HFSampler:
         chunks 2-3 of a step draws exactly what a single process draws for them."""
         was_training = self.model.training
         self.model.eval()
-        results = []
-        size = self.batch_size or len(prompts)
-        for k, start in enumerate(range(0, len(prompts), size)):
-            chunk = first_chunk + k
-            torch.manual_seed(seed if chunk == 0 else seed * 65_537 + chunk)
-            group = prompts[start : start + size]
-            width = max(map(len, group))
-            device = device_of(self.model)
-            ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in group], device=device)
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in group], device=device)
-            with autocast(self.dtype, device):
-                out = self.model.generate(
-                    input_ids=ids, attention_mask=mask, generation_config=self.config, synced_gpus=self.synced
-                )
-            results += [cut_at_eos(row[width:].tolist(), self.eos_ids) for row in out]
+        # Hugging Face applies the head to the prompt's last position, a strided view; for weights that need no
+        # gradient, torch's matmul then copies the whole vocabulary head once per row (measured here: 8 prompts of
+        # the 0.5B took 10.1 s for 32 tokens against 4.4 s), so the head is handed a contiguous copy instead
+        hook = self.model.get_output_embeddings().register_forward_pre_hook(_contiguous_input)
+        try:
+            results = []
+            size = self.batch_size or len(prompts)
+            for k, start in enumerate(range(0, len(prompts), size)):
+                chunk = first_chunk + k
+                torch.manual_seed(seed if chunk == 0 else seed * 65_537 + chunk)
+                group = prompts[start : start + size]
+                width = max(map(len, group))
+                device = device_of(self.model)
+                ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in group], device=device)
+                mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in group], device=device)
+                with autocast(self.dtype, device):
+                    out = self.model.generate(
+                        input_ids=ids, attention_mask=mask, generation_config=self.config, synced_gpus=self.synced
+                    )
+                results += [cut_at_eos(row[width:].tolist(), self.eos_ids) for row in out]
+        finally:
+            hook.remove()
         self.model.train(was_training)
         return results
+
+
+def _contiguous_input(module, args):
+    return (args[0].contiguous(), *args[1:])
