@@ -56,13 +56,15 @@ def _gsm8k_minus_base(r: dict, run_dir: Path) -> list[float] | None:
     gsm = r["ood"]["gsm8k"]
     if "minus_base" in gsm:
         return gsm["minus_base"]["student"]
-    student = list((run_dir / "eval").glob("student-ood-gsm8k-*.json"))
+    # one file per suite (student-ood-gsm8k-*), or, for runs before the scores were cached per suite, one per run
+    found = [json.loads(p.read_text()) for p in sorted((run_dir / "eval").glob("student-ood-*.json"))]
+    student = [f["gsm8k"] if "gsm8k" in f else f for f in found if "gsm8k" in f or f.get("n") == gsm["n"]]
     base = [
         p for p in (cache_dir() / "scores").glob("base-ood-gsm8k-*.json") if json.loads(p.read_text())["n"] == gsm["n"]
     ]
-    if len(student) != 1 or len(base) != 1:
-        return None
-    return paired_interval(*(json.loads(p.read_text())["passed"] for p in (base[0], student[0])))
+    if len(student) != 1 or len(base) != 1 or student[0]["rate"] != gsm["student"]:
+        return None  # not one file each, or not the answers this run's results were computed from
+    return paired_interval(json.loads(base[0].read_text())["passed"], student[0]["passed"])
 
 
 def run_cell(behaviour: str, name: str, seed: int, work: Path) -> dict:
