@@ -109,8 +109,8 @@ def write(results: dict) -> None:
     lines = [
         "Adherence: the student without the prompt on 24 held-out prompts (greedy; the in-context teacher in "
         "brackets). Out of distribution: base / in-context teacher / student. Like with like: instruction following "
-        "among the answers that show the behaviour, teacher / student. GSM8K student − base: points, with a 95 % "
-        "paired bootstrap interval over the 100 problems.",
+        "among the answers that show the behaviour, teacher / student (– where none does). GSM8K student − base: "
+        "points, with a 95 % paired bootstrap interval over the 100 problems.",
         "",
         "| behaviour | cell | seed | adherence (teacher) | gap closed (KL) | KL first → last step | "
         "instructions (120) | non-conflicting | like with like | GSM8K (100) | GSM8K student − base (95 %) |",
@@ -121,7 +121,7 @@ def write(results: dict) -> None:
         trio = " / ".join(f"{s['instructions'][k]:.1%}" for k in ("base", "in_context", "student"))
         other = " / ".join(f"{s['other'][k]:.1%}" for k in ("base", "in_context", "student"))
         gsm = " / ".join(f"{s['gsm8k'][k]:.0%}" for k in ("base", "in_context", "student"))
-        like = f"{s['like_shows']['in_context']:.1%} / {s['like_shows']['student']:.1%}"
+        like = " / ".join(_pct(s["like_shows"][k]) for k in ("in_context", "student"))
         lines.append(
             f"| {behaviour} | {cell} | {seed} | {s['adherence']:.0%} ({s['teacher']:.0%}) | {s['gap_kl']:.0%} | "
             f"{s['kl'][0]:.3f} → {s['kl'][1]:.3f} | "
@@ -130,6 +130,10 @@ def write(results: dict) -> None:
     (RESULTS / "study.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     plot(results)
+
+
+def _pct(rate: float) -> str:
+    return "–" if rate != rate else f"{rate:.1%}"  # NaN: no answer showed the behaviour
 
 
 def _interval(d: list[float] | None) -> str:
@@ -143,22 +147,37 @@ def plot(results: dict) -> None:
     import matplotlib.pyplot as plt
 
     behaviours = sorted({key.split("/")[0] for key in results})
-    cells = list(CELLS)
-    fig, axes = plt.subplots(1, len(behaviours), figsize=(5 * len(behaviours), 4), squeeze=False)
-    for ax, behaviour in zip(axes[0], behaviours, strict=True):
-        for i, cell in enumerate(cells):
-            runs = [s for key, s in sorted(results.items()) if key.split("/")[:2] == [behaviour, cell]]
+    fig, axes = plt.subplots(2, len(behaviours), figsize=(5 * len(behaviours), 8), squeeze=False)
+    for column, behaviour in enumerate(behaviours):
+        top, bottom = axes[0][column], axes[1][column]
+        mine = {key: s for key, s in sorted(results.items()) if key.startswith(f"{behaviour}/")}
+        for i, cell in enumerate(CELLS):  # a cell keeps its colour in every panel
+            runs = [s for key, s in mine.items() if key.split("/")[1] == cell]
+            if not runs:
+                continue
             x = [100 * s["adherence"] for s in runs]
             y = [100 * (s["other"]["student"] - s["other"]["base"]) for s in runs]
-            ax.scatter(x, y, color=f"C{i}", label=cell, s=50, alpha=0.8)
-        first = next(s for key, s in sorted(results.items()) if key.startswith(f"{behaviour}/"))
+            top.scatter(x, y, color=f"C{i}", label=cell, s=50, alpha=0.8)
+            for k, s in enumerate(runs):  # one column per cell, seeds side by side
+                d = s.get("gsm8k_minus_base")
+                if d is not None:
+                    low, high = 100 * (d[0] - d[1]), 100 * (d[2] - d[0])
+                    bottom.errorbar(i + 0.2 * k, 100 * d[0], yerr=[[low], [high]], fmt="o", color=f"C{i}", capsize=3)
+        first = next(iter(mine.values()))
         teacher = (100 * first["teacher"], 100 * (first["other"]["in_context"] - first["other"]["base"]))
-        ax.scatter(*teacher, color="black", marker="*", s=120, label="in-context teacher")
-        ax.axhline(0, color="grey", lw=0.8)
-        ax.set_xlabel("adherence without the prompt (%)")
-        ax.set_ylabel("non-conflicting instructions − base (points)")
-        ax.set_title(f"{behaviour} (0.5B, one dot per seed)")
-        ax.legend()
+        top.scatter(*teacher, color="black", marker="*", s=120, label="in-context teacher")
+        top.axhline(0, color="grey", lw=0.8)
+        top.set_xlim(-5, 105)
+        top.set_xlabel("adherence without the prompt (%)")
+        top.set_ylabel("non-conflicting instructions − base (points)")
+        gsm = first["gsm8k"]
+        bottom.axhline(100 * (gsm["in_context"] - gsm["base"]), color="black", ls="--", lw=0.8, label="teacher")
+        bottom.axhline(0, color="grey", lw=0.8)
+        bottom.set_xticks(range(len(CELLS)), list(CELLS), rotation=30, fontsize=8)
+        bottom.legend(fontsize=8)
+        bottom.set_ylabel("GSM8K (100) − base (points, 95 % paired interval)")
+        top.set_title(f"{behaviour} (0.5B, one dot per seed)")
+        top.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(RESULTS / "study.png", dpi=120)
 
