@@ -180,8 +180,8 @@ class HFSampler:
         was_training = self.model.training
         self.model.eval()
         # Hugging Face applies the head to the prompt's last position, a strided view; for weights that need no
-        # gradient, torch's matmul then copies the whole vocabulary head once per row (measured here: 8 prompts of
-        # the 0.5B took 10.1 s for 32 tokens against 4.4 s), so the head is handed a contiguous copy instead
+        # gradient, torch's matmul then copies the whole vocabulary head once per row (2.4x slower sampling of the
+        # 0.5B: benchmarks/sampling_head.py), so the head is handed a contiguous copy instead
         hook = self.model.get_output_embeddings().register_forward_pre_hook(_contiguous_input)
         try:
             results = []
