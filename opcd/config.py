@@ -124,6 +124,7 @@ class ExperienceConfig:
     problems_per_seed: int = 8  # problems (games: episodes) each seed solves, i.e. contexts per seed
     seeds: int = 2  # extraction seeds 0..N-1; their intermediate contexts form the candidate pool
     validation: str = "opcd:math_val"  # math: problems that score every intermediate context
+    test: str = "opcd:gsm8k_test"  # math: the problems consolidation is tested on (the first --test-n of them)
     validation_max: int = 16  # validation problems (games: episodes) per context (0 = no validation scores)
     token_budget: int = 512  # experience tokens kept; beyond it the oldest whole items are dropped
     solve_tokens: int = 320  # answer budget of an extraction attempt (games: per turn)
@@ -137,6 +138,9 @@ class ExperienceConfig:
     top_k: int = 0
     wrapper: str = ""  # file with the in-context template ({context}, {prompt}); "" = built-in for the task
     lesson_prompt: str = ""  # file with the lesson request ({trace}, {experience}); "" = built-in for the task
+    # math: grade each attempt against the problem's `answer` and show the result in the trace the lessons are drawn
+    # from (as a game shows its success), so a lesson can correct a wrong fact; false = the paper's label-free math
+    feedback: bool = False
 
 
 @dataclass(frozen=True)

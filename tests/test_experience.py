@@ -592,3 +592,52 @@ def test_extraction_samples_at_the_papers_settings_for_the_task():
 
 def _sampling_of(rollout):
     return rollout.temperature, rollout.top_p, rollout.top_k
+
+
+def test_feedback_grades_each_attempt_and_shows_the_result_to_the_lesson(tiny_model, math_files, tmp_path, monkeypatch):
+    """`experience.feedback=true`: the trace ends with whether the attempt was right (and the right answer if not),
+    the lesson request asks what made it wrong, and the record keeps the grade; off, math stays label-free."""
+    import opcd.experience.extraction as extraction
+    from opcd.experience.lessons import LESSON_PROMPTS
+    from opcd.tasks.graders import number
+
+    asked = []
+    real_respond = extraction.respond
+
+    def recording(model, tokenizer, prompts, rollout, *args):
+        asked.append(tokenizer.decode(prompts[0]))
+        return real_respond(model, tokenizer, prompts, rollout, *args)
+
+    monkeypatch.setattr(extraction, "respond", recording)
+    monkeypatch.setattr(extraction, "lesson_items", lambda answer, finished, limit: [f"lesson on {answer!r}"])
+    graded = tmp_path / "graded"
+    extract(_extract_config(tiny_model, math_files, graded, **{"experience.feedback": "true"}), progress=False)
+    records = read_records(seed_file(graded, 0))
+    answers = {json.loads(x)["prompt"]: json.loads(x)["answer"] for x in math_files.read_text().splitlines()}
+    for r in records:
+        problem, output = r.trace.split("\nOutput: ")[0].removeprefix("Input: "), r.trace.split("\nOutput: ")[1]
+        answer = output.rsplit("\nResult: ", 1)[0]
+        assert r.success == number(answer, answers[problem])  # the tiny model is wrong, so the result names the answer
+        assert r.trace.endswith(
+            "Result: correct." if r.success else f"Result: wrong. The correct answer is {answers[problem]}."
+        )
+    assert sum("your answer was checked" in a for a in asked) == 6  # 3 problems x 2 seeds, each with the graded request
+    assert LESSON_PROMPTS["graded"] != LESSON_PROMPTS["math"]
+    with pytest.raises(OpcdError, match=r"extracted with other settings \(feedback, lesson_prompt\)"):
+        extract(_extract_config(tiny_model, math_files, graded), progress=False)
+
+    plain = tmp_path / "plain"  # a folder extracted before `feedback` existed resumes without it, and refuses it
+    extract(_extract_config(tiny_model, math_files, plain, **{"experience.problems_per_seed": 1}), progress=False)
+    assert all(r.success is None and "Result:" not in r.trace for r in read_records(seed_file(plain, 0)))
+    settings = json.loads((plain / "settings.json").read_text())
+    del settings["feedback"]
+    (plain / "settings.json").write_text(json.dumps(settings))
+    extract(_extract_config(tiny_model, math_files, plain, **{"experience.problems_per_seed": 2}), progress=False)
+    with pytest.raises(OpcdError, match=r"\(feedback, lesson_prompt\)"):
+        extract(_extract_config(tiny_model, math_files, plain, **{"experience.feedback": "true"}), progress=False)
+
+    unanswered = tmp_path / "unanswered.jsonl"
+    unanswered.write_text("".join(json.dumps({"prompt": f"Add {a} and {a}."}) + "\n" for a in range(6)))
+    cfg = _extract_config(tiny_model, unanswered, tmp_path / "u", **{"experience.feedback": "true"})
+    with pytest.raises(OpcdError, match=r"unanswered.jsonl.*experience.feedback=true grades every attempt"):
+        extract(cfg, progress=False)

@@ -35,6 +35,7 @@ from opcd.versions import software
 
 NO_CONTEXT = "no-context.json"
 SETTINGS = "settings.json"
+ADDED_LATER = {"feedback": False}  # settings newer than some settings.json files, with the value those were made with
 
 
 def _check_matches(path: Path, records: list[Record], task, order: list[int]) -> None:
@@ -143,6 +144,7 @@ def check_settings(folder: Path, cfg: Config, task) -> None:
         "lesson_tokens": e.lesson_tokens,
         "eval_tokens": e.eval_tokens,
         "items_per_problem": e.items_per_problem,
+        "feedback": e.feedback,
         "sampling": list(_sampling(sampled(cfg, 0))),
         "wrapper": task.renderer.data.user_template,
         "lesson_prompt": task.lesson,
@@ -150,7 +152,7 @@ def check_settings(folder: Path, cfg: Config, task) -> None:
     path = folder / SETTINGS
     if path.exists():
         saved = read_json(path)
-        changed = sorted(k for k in now if saved.get(k) != now[k])
+        changed = sorted(k for k in now if saved.get(k, ADDED_LATER.get(k)) != now[k])
         if changed:
             raise OpcdError(
                 f"{folder} was extracted with other settings ({', '.join(changed)}): use another experience.dir, "

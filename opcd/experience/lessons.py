@@ -36,6 +36,14 @@ LESSON_PROMPTS = {
         "or mistakes to avoid. Do not repeat the experience above. Write each lesson on its own line starting with "
         "'- EXPERIENCE ITEM:' and write nothing else."
     ),
+    "graded": (  # math with `experience.feedback`: the trace ends with whether the answer was right
+        "You just solved a problem, and your answer was checked. Here is the problem, your solution and the "
+        "result:\n\n{trace}\n\nExperience collected so far:\n{experience}\n\n"
+        "Write one or two general lessons that would help with similar problems in the future. If the answer was "
+        "wrong, find the fact or step that made it wrong and state what is true instead. Do not repeat the "
+        "experience above. Write each lesson on its own line starting with '- EXPERIENCE ITEM:' and write nothing "
+        "else."
+    ),
     "game": (
         "You just played a game on a grid whose rules you were not told. Here is the game, round by round:\n\n"
         "{trace}\n\nExperience collected so far:\n{experience}\n\n"

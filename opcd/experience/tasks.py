@@ -41,9 +41,17 @@ class MathTask:
         self.renderer = PromptRenderer(
             tokenizer, DataConfig(prompts=e.problems, placement="user", user_template=wrapper)
         )
+        if e.feedback:
+            unanswered = [x.source for x in self.problems if x.answer is None]
+            if unanswered:
+                raise OpcdError(
+                    f"{unanswered[0]}: experience.feedback=true grades every attempt, so each problem needs an "
+                    "'answer' (or set experience.feedback=false)"
+                )
         self.lesson = template(
-            e.lesson_prompt, LESSON_PROMPTS["math"], ("trace", "experience"), "experience.lesson_prompt"
-        )
+            e.lesson_prompt, LESSON_PROMPTS["graded" if e.feedback else "math"], ("trace", "experience"),
+            "experience.lesson_prompt",
+        )  # fmt: skip
 
     def order(self, seed: int) -> list[int]:
         """The problems seed `seed` solves, in order."""
@@ -53,12 +61,18 @@ class MathTask:
         return self.problems[index].messages[-1]["content"]
 
     def attempt(self, model, index: int, seed: int) -> tuple[str, bool | None]:
-        """Solve problem `index` without context (sampled); returns (trace, success=None: math uses no labels)."""
+        """Solve problem `index` without context (sampled); returns (trace, success). Success is None (the paper's
+        math uses no labels) unless `experience.feedback` grades the answer, which the trace then ends with."""
         e, problem = self.cfg.experience, self.problems[index]
         ids = self.renderer.student_ids(problem.messages)
         rollout = sampled(self.cfg, e.solve_tokens)
         [answer], _ = respond(model, self.tokenizer, [ids], rollout, self.cfg.model.dtype, seed)
-        return f"Input: {problem.messages[-1]['content']}\nOutput: {answer.strip()}", None
+        trace = f"Input: {problem.messages[-1]['content']}\nOutput: {answer.strip()}"
+        if not e.feedback:
+            return trace, None
+        success = number(answer, problem.answer)
+        verdict = "correct." if success else f"wrong. The correct answer is {problem.answer}."
+        return f"{trace}\nResult: {verdict}", success
 
     def answers(self, model, context: str | None, max_new_tokens: int, desc: str | None = None):
         """Greedy answers to the validation problems and whether each ended, with `context` in the wrapper (None:

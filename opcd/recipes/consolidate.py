@@ -4,8 +4,8 @@ For every selected context, every method (`offpolicy`, `opcd`) and every trainin
 teacher is the frozen model (or the larger `model.teacher`) with the experience in the in-context wrapper, the
 student sees the bare problem (math) or game turn. Base and In-Context (the student model *with* the experience in
 its prompt) are measured on the same test set; for a cross-size teacher, the teacher with its own experience too.
-Math and games run the same pipeline (`opcd.recipes.pipeline`), each with its yardstick: math is tested on a GSM8K
-subset, games on fixed test environments.
+Math and games run the same pipeline (`opcd.recipes.pipeline`), each with its yardstick: math is tested on the first
+problems of `experience.test` (GSM8K unless set), games on fixed test environments.
 
 Each run goes into its own process (a long sweep in one process keeps growing in memory here) and its own run
 directory under `DIR/consolidate/`, so rerunning the command resumes: finished runs are read back, not redone.
@@ -51,7 +51,7 @@ class Plan:
     selection_seed: int = 0
     methods: tuple[str, ...] = METHODS
     seeds: tuple[int, ...] = (0, 1)  # training seeds
-    test_n: int = 40  # math: GSM8K test problems; games: test environments 0..N-1
+    test_n: int = 40  # math: the first problems of `experience.test` (GSM8K); games: test environments 0..N-1
     ood: bool = True  # instruction following (IF-Eval style), base and students
     checkpoint: str = "validation"  # validation: the best checkpoint on the experience's validation split | last
     out: str = ""  # where runs and tables go ("" = DIR/consolidate): other settings beside the first ones
@@ -110,15 +110,15 @@ def ood_suites(plan: Plan) -> dict:
 
 
 def yardstick(cfg: Config, plan: Plan, progress: bool = True) -> Yardstick:
-    """Math: GSM8K test problems (`opcd:gsm8k_test`), the checkpoint on `experience.validation`; games: the test
-    environments, the checkpoint on the validation environments."""
+    """Math: the test problems of `experience.test` (GSM8K unless set), the checkpoint on `experience.validation`;
+    games: the test environments, the checkpoint on the validation environments."""
     by_validation = plan.checkpoint == "validation"
     e = cfg.experience
     if e.task != "math":
         return GameYardstick(cfg, plan.test_n, e.validation_max if by_validation else 0, progress)
     math = EvalPlan(
         scorer=("number",),
-        test_prompts="opcd:gsm8k_test",
+        test_prompts=e.test,
         test_max=plan.test_n,
         validation_prompts=e.validation if by_validation else "",
         validation_max=e.validation_max if by_validation else 0,
