@@ -37,6 +37,8 @@ CELLS = {
     # bring it down to the null test's (norm ~1) and erase the difference ε is to see.
     "eps 1e-5": ["train.adam_eps=1e-5", "train.max_grad_norm=0"],
     "eps 1e-4": ["train.adam_eps=1e-4", "train.max_grad_norm=0"],
+    # added after the defaults study's LoRA cells kept GSM8K under a list format: the same setting here
+    "lora r8": ["model.lora_rank=8", "train.lr=1e-4"],
 }
 
 
