@@ -104,7 +104,10 @@ def add_selection_args(p, consolidating: bool) -> None:
             help="which distillations to run (default both)",
         )  # fmt: skip
         p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (default 0 1)")
-        p.add_argument("--test-n", type=int, default=40, help="math: test problems (experience.test, GSM8K unless set) / game test environments")
+        p.add_argument(
+            "--test-n", type=int, default=40, help="math: the first problems of experience.test (GSM8K unless set); "
+            "games: test environments 0..N-1",
+        )  # fmt: skip
         p.add_argument("--no-ood", action="store_true", help="skip the instruction-following check")
         p.add_argument(
             "--checkpoint",

@@ -522,6 +522,34 @@ def test_checkpoint_selection_needs_a_validation_split(tiny_model, math_files, t
     assert not (tmp_path / "never").exists()
 
 
+def test_the_test_set_is_checked_before_extraction_and_a_run_on_another_is_not_reused(tiny_model, math_files, tmp_path):
+    from opcd.recipes.consolidate import Plan, check_plan, run_cell
+
+    folder = tmp_path / "exp"
+    plan = Plan(checkpoint="last", seeds=(0,), test_n=2, ood=False)
+    test = tmp_path / "test.jsonl"
+    cfg = _consolidation_config("math", tiny_model, math_files, folder, **{"experience.test": str(test)})
+    test.write_text(json.dumps({"prompt": "What is 20 plus 21?", "answer": "forty-one"}) + "\n")
+    with pytest.raises(OpcdError, match=r"test.jsonl:1: experience.test problems need an 'answer' holding a number"):
+        check_plan(cfg, plan)
+    test.write_text(math_files.read_text())  # the problems extraction learns from
+    with pytest.raises(OpcdError, match=r"2 test prompt\(s\) of .*test.jsonl' also appear in the training prompts"):
+        check_plan(cfg, plan)
+    test.write_text(
+        "".join(json.dumps({"prompt": f"What is {a} times 3?", "answer": str(3 * a)}) + "\n" for a in (1, 2, 3))
+    )
+    assert check_plan(cfg, plan) == {"prompts": str(test), "n": 2}
+    assert check_plan(cfg, Plan(checkpoint="last", test_n=40)) == {"prompts": str(test), "n": 3}
+
+    run = tmp_path / "runs" / "opcd-seed0"  # a finished run, measured on GSM8K before experience.test was set
+    run.mkdir(parents=True)
+    (run / "results.json").write_text(json.dumps({"test": {"prompts": "opcd:gsm8k_test", "n": 2}}))
+    cell = _consolidation_config("math", tiny_model, math_files, folder, **{"train.run_dir": str(run)})
+    with pytest.raises(OpcdError, match=rf"{run} was tested on opcd:gsm8k_test \(2\), not .*test.jsonl \(2\)"):
+        run_cell(cell, plan, tmp_path / "runs", False, check_plan(cfg, plan))
+    assert run_cell(cell, plan, tmp_path / "runs", False, {"prompts": "opcd:gsm8k_test", "n": 2})["test"]["n"] == 2
+
+
 def test_a_consolidation_run_killed_for_memory_is_named_as_such(tmp_path):
     import multiprocessing
     import os
@@ -598,30 +626,39 @@ def test_feedback_grades_each_attempt_and_shows_the_result_to_the_lesson(tiny_mo
     """`experience.feedback=true`: the trace ends with whether the attempt was right (and the right answer if not),
     the lesson request asks what made it wrong, and the record keeps the grade; off, math stays label-free."""
     import opcd.experience.extraction as extraction
+    import opcd.experience.tasks as tasks
     from opcd.experience.lessons import LESSON_PROMPTS
-    from opcd.tasks.graders import number
 
-    asked = []
-    real_respond = extraction.respond
+    answers = {json.loads(x)["prompt"]: json.loads(x)["answer"] for x in math_files.read_text().splitlines()}
+    solved = {q for q, a in answers.items() if int(a) % 4 == 3}  # the tiny model answers these right, the rest wrong
 
-    def recording(model, tokenizer, prompts, rollout, *args):
+    def solving(model, tokenizer, prompts, *args, **kwargs):  # an attempt (tasks.respond): the model's own answer
+        texts, finished = real_attempt(model, tokenizer, prompts, *args, **kwargs)
+        shown = tokenizer.decode(prompts[0])
+        right = [answers[q] for q in solved if q in shown]
+        return ([f"The sum is <answer>{right[0]}</answer>"] if right else [t + " 0" for t in texts]), finished
+
+    asked, real_attempt, real_respond = [], tasks.respond, extraction.respond
+
+    def recording(model, tokenizer, prompts, *args, **kwargs):  # a lesson request (extraction.respond)
         asked.append(tokenizer.decode(prompts[0]))
-        return real_respond(model, tokenizer, prompts, rollout, *args)
+        return real_respond(model, tokenizer, prompts, *args, **kwargs)
 
+    monkeypatch.setattr(tasks, "respond", solving)
     monkeypatch.setattr(extraction, "respond", recording)
     monkeypatch.setattr(extraction, "lesson_items", lambda answer, finished, limit: [f"lesson on {answer!r}"])
     graded = tmp_path / "graded"
     extract(_extract_config(tiny_model, math_files, graded, **{"experience.feedback": "true"}), progress=False)
-    records = read_records(seed_file(graded, 0))
-    answers = {json.loads(x)["prompt"]: json.loads(x)["answer"] for x in math_files.read_text().splitlines()}
+    records = read_records(seed_file(graded, 0)) + read_records(seed_file(graded, 1))
     for r in records:
-        problem, output = r.trace.split("\nOutput: ")[0].removeprefix("Input: "), r.trace.split("\nOutput: ")[1]
-        answer = output.rsplit("\nResult: ", 1)[0]
-        assert r.success == number(answer, answers[problem])  # the tiny model is wrong, so the result names the answer
+        problem = r.trace.split("\nOutput: ")[0].removeprefix("Input: ")
+        assert r.success == (problem in solved)
         assert r.trace.endswith(
             "Result: correct." if r.success else f"Result: wrong. The correct answer is {answers[problem]}."
         )
-    assert sum("your answer was checked" in a for a in asked) == 6  # 3 problems x 2 seeds, each with the graded request
+    assert {r.success for r in records} == {True, False}
+    graded_asks = [a for a in asked if "your answer was checked" in a]
+    assert len(graded_asks) == 6 and all("Result: " in a for a in graded_asks)  # 3 problems x 2 seeds
     assert LESSON_PROMPTS["graded"] != LESSON_PROMPTS["math"]
     with pytest.raises(OpcdError, match=r"extracted with other settings \(feedback, lesson_prompt\)"):
         extract(_extract_config(tiny_model, math_files, graded), progress=False)

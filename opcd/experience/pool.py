@@ -26,7 +26,7 @@ class Record:
     problem: str  # what was solved (math: the problem; games: the environment seed)
     trace: str  # what the model was shown when asked for lessons
     lesson: str  # the model's whole answer to the lesson request (the items are parsed from it)
-    success: bool | None  # games: the episode's result; math: None (no labels are used)
+    success: bool | None  # games: the episode's result; math: the grade with experience.feedback, else None
     new_items: list[str]
     items: list[str]  # the accumulated experience after this step
     dropped: list[str]

@@ -13,7 +13,7 @@ from opcd.experience.lessons import LESSON_PROMPTS, WRAPPERS, template
 from opcd.experience.pool import seeded_order
 from opcd.games import make_game
 from opcd.games.episodes import POOL, TRAINING_SEEDS, VALIDATION_SEEDS, game_renderer, play, success_rate
-from opcd.tasks.graders import number
+from opcd.tasks.graders import last_number, number
 
 
 class MathTask:
@@ -42,11 +42,11 @@ class MathTask:
             tokenizer, DataConfig(prompts=e.problems, placement="user", user_template=wrapper)
         )
         if e.feedback:
-            unanswered = [x.source for x in self.problems if x.answer is None]
-            if unanswered:
+            ungraded = [x.source for x in self.problems if x.answer is None or last_number(str(x.answer)) is None]
+            if ungraded:
                 raise OpcdError(
-                    f"{unanswered[0]}: experience.feedback=true grades every attempt, so each problem needs an "
-                    "'answer' (or set experience.feedback=false)"
+                    f"{ungraded[0]}: experience.feedback=true grades every attempt, so each problem needs an "
+                    "'answer' holding a number (or set experience.feedback=false)"
                 )
         self.lesson = template(
             e.lesson_prompt, LESSON_PROMPTS["graded" if e.feedback else "math"], ("trace", "experience"),
@@ -121,6 +121,10 @@ class GameTask:
         e = cfg.experience
         self.cfg, self.tokenizer, self.game = cfg, tokenizer, e.task
         make_game(self.game)  # an unknown game fails here, before any model loads
+        if e.feedback:
+            raise OpcdError(
+                "experience.feedback grades math answers; a game's trace already ends with its outcome: remove it"
+            )
         wrapper = template(e.wrapper, WRAPPERS["game"], ("context", "prompt"), "experience.wrapper")
         self.renderer = game_renderer(tokenizer, wrapper)
         self.lesson = template(

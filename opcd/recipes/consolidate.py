@@ -27,7 +27,7 @@ from pathlib import Path
 
 from opcd.config import Config, DataConfig, RolloutConfig, build_config, load_config, save_config
 from opcd.core.checkpoint import changed_keys
-from opcd.core.data import read_jsonl, resolve_path
+from opcd.core.data import check_disjoint, load_examples, read_jsonl, resolve_path
 from opcd.errors import OpcdError
 from opcd.experience import NO_CONTEXT, WRAPPERS, Candidate, load_pool, select, template
 from opcd.games.episodes import VALIDATION_SEEDS, source_for
@@ -37,6 +37,7 @@ from opcd.recipes.games import GameYardstick
 from opcd.recipes.pipeline import OOD_DEFAULT, Yardstick, distill_and_measure, preflight, student_name
 from opcd.recipes.report import BASE, IN_CONTEXT
 from opcd.recipes.system_prompt import EvalPlan, PromptYardstick
+from opcd.tasks.graders import last_number
 from opcd.versions import software
 
 METHODS = ("offpolicy", "opcd")
@@ -151,8 +152,9 @@ def _cell(cfg_dict: dict, plan: Plan, folder: str, progress: bool) -> None:
         sys.exit(2)
 
 
-def run_cell(cfg: Config, plan: Plan, folder: Path, progress: bool) -> dict:
-    """The results of one (context, method, seed) run: read back if finished, else run in a fresh process."""
+def run_cell(cfg: Config, plan: Plan, folder: Path, progress: bool, test: dict) -> dict:
+    """The results of one (context, method, seed) run: read back if finished, else run in a fresh process; a run
+    measured on another test set than `test` (`check_plan`'s) is refused, not mixed into the table."""
     run = Path(cfg.train.run_dir)
     done = run / "results.json"
     if (run / "config.toml").is_file():  # a finished (or started) run is reused only for exactly this config
@@ -173,7 +175,14 @@ def run_cell(cfg: Config, plan: Plan, folder: Path, progress: bool) -> dict:
             raise OpcdError((run / ERROR).read_text())
         if process.exitcode != 0 or not done.is_file():
             raise OpcdError(cell_failure(run, process.exitcode))
-    return json.loads(done.read_text())
+    results = json.loads(done.read_text())
+    if results.get("test") != test:
+        made = results.get("test") or {}
+        raise OpcdError(
+            f"{run} was tested on {made.get('prompts')} ({made.get('n')}), not {test['prompts']} ({test['n']}): "
+            "delete it, or put the new runs beside it with --out"
+        )
+    return results
 
 
 def cell_failure(run: Path, exitcode: int | None) -> str:
@@ -208,8 +217,9 @@ def context_digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
-def check_plan(cfg: Config, plan: Plan) -> None:
-    """Refuse a plan that cannot run, before any extraction or training."""
+def check_plan(cfg: Config, plan: Plan) -> dict:
+    """Refuse a plan that cannot run, before any extraction or training; returns the test set its runs are
+    measured on, as their `results.json` records it."""
     e = cfg.experience
     if plan.test_n < 1 or not plan.seeds or not plan.methods:
         raise OpcdError("consolidation needs --test-n >= 1, at least one training seed and one method")
@@ -223,8 +233,19 @@ def check_plan(cfg: Config, plan: Plan) -> None:
             "--checkpoint validation (the default) scores every checkpoint on the validation split: set "
             "experience.validation (math) and experience.validation_max >= 1, or report the last with --checkpoint last"
         )
-    if e.task != "math" and plan.test_n > VALIDATION_SEEDS:
-        raise OpcdError(f"--test-n {plan.test_n} reaches the validation environments ({VALIDATION_SEEDS}+): use fewer")
+    if e.task != "math":
+        if plan.test_n > VALIDATION_SEEDS:
+            raise OpcdError(
+                f"--test-n {plan.test_n} reaches the validation environments ({VALIDATION_SEEDS}+): use fewer"
+            )
+        return {"prompts": f"{e.task} environments 0..{plan.test_n - 1}", "n": plan.test_n}
+    test = load_examples(DataConfig(prompts=e.test, max_prompts=plan.test_n), require_context=False)
+    ungraded = [x.source for x in test if x.answer is None or last_number(str(x.answer)) is None]
+    if ungraded:
+        raise OpcdError(f"{ungraded[0]}: experience.test problems need an 'answer' holding a number to grade")
+    problems = load_examples(DataConfig(prompts=e.problems), require_context=False)
+    check_disjoint(problems, test, e.problems, e.test, "test")
+    return {"prompts": e.test, "n": len(test)}
 
 
 def consolidate(cfg: Config, plan: Plan, progress: bool = True) -> dict:
@@ -232,7 +253,7 @@ def consolidate(cfg: Config, plan: Plan, progress: bool = True) -> dict:
     began = time.time()
     e = cfg.experience
     folder = Path(plan.out) if plan.out else Path(e.dir) / "consolidate"
-    check_plan(cfg, plan)
+    test = check_plan(cfg, plan)
     pool = load_pool(Path(e.dir), e.token_budget)
     chosen = select(pool, plan.selection, plan.count, plan.selection_seed)
     none = Path(e.dir) / NO_CONTEXT
@@ -252,7 +273,7 @@ def consolidate(cfg: Config, plan: Plan, progress: bool = True) -> dict:
                     folder / f"context-{context_digest(candidate.context)}" / _run_name(method, seed, plan.checkpoint)
                 )
                 cell = run_config(cfg, candidate.context, method, seed, run_dir, plan.checkpoint)
-                cells[n, method, seed] = run_cell(cell, plan, folder, progress)
+                cells[n, method, seed] = run_cell(cell, plan, folder, progress, test)
     first = cells[0, plan.methods[0], plan.seeds[0]]
     cells |= _finished_beside(cfg, plan, folder, chosen, cells, first)
     rules = {r["checkpoint"]["rule"] for r in cells.values()}
