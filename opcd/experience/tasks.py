@@ -13,7 +13,7 @@ from opcd.experience.lessons import LESSON_PROMPTS, WRAPPERS, template
 from opcd.experience.pool import seeded_order
 from opcd.games import make_game
 from opcd.games.episodes import POOL, TRAINING_SEEDS, VALIDATION_SEEDS, game_renderer, play, success_rate
-from opcd.tasks.graders import last_number, number
+from opcd.tasks.graders import number, without_number
 
 
 class MathTask:
@@ -42,7 +42,7 @@ class MathTask:
             tokenizer, DataConfig(prompts=e.problems, placement="user", user_template=wrapper)
         )
         if e.feedback:
-            ungraded = [x.source for x in self.problems if x.answer is None or last_number(str(x.answer)) is None]
+            ungraded = without_number(self.problems)
             if ungraded:
                 raise OpcdError(
                     f"{ungraded[0]}: experience.feedback=true grades every attempt, so each problem needs an "

@@ -37,7 +37,7 @@ from opcd.recipes.games import GameYardstick
 from opcd.recipes.pipeline import OOD_DEFAULT, Yardstick, distill_and_measure, preflight, student_name
 from opcd.recipes.report import BASE, IN_CONTEXT
 from opcd.recipes.system_prompt import EvalPlan, PromptYardstick
-from opcd.tasks.graders import last_number
+from opcd.tasks.graders import without_number
 from opcd.versions import software
 
 METHODS = ("offpolicy", "opcd")
@@ -240,7 +240,7 @@ def check_plan(cfg: Config, plan: Plan) -> dict:
             )
         return {"prompts": f"{e.task} environments 0..{plan.test_n - 1}", "n": plan.test_n}
     test = load_examples(DataConfig(prompts=e.test, max_prompts=plan.test_n), require_context=False)
-    ungraded = [x.source for x in test if x.answer is None or last_number(str(x.answer)) is None]
+    ungraded = without_number(test)
     if ungraded:
         raise OpcdError(f"{ungraded[0]}: experience.test problems need an 'answer' holding a number to grade")
     problems = load_examples(DataConfig(prompts=e.problems), require_context=False)

@@ -30,6 +30,11 @@ def last_number(text: str) -> float | None:
     return float(found[-1]) if found else None
 
 
+def without_number(examples) -> list[str]:
+    """Where (`file:line`) each example sits whose reference `answer` is missing or holds no number for `number`."""
+    return [x.source for x in examples if x.answer is None or last_number(str(x.answer)) is None]
+
+
 def number(response: str, answer: str) -> bool:
     tagged = tagged_answer(response)
     value = last_number(tagged if tagged is not None else response)
