@@ -1,13 +1,14 @@
 """The defaults study: each behaviour distilled with each setting (cell), two seeds, adherence against retention.
 
-Each (behaviour, cell, seed) is one `opcd distill-prompt` run on the packaged Qwen2.5-Coder-0.5B (the CPU preset:
-20 steps × 8 prompts, 32-token rollouts, lr 1e-5 after 2 warmup steps, plus the cell's overrides), scored on the 24
+Each (behaviour, cell, seed) is one `opcd distill-prompt` run on the packaged Qwen2.5-Coder-0.5B (the CPU preset's
+20 steps × 8 prompts, 32-token rollouts, 2 warmup steps, pinned to the preset the study started from, full
+fine-tuning at lr 1e-5 (`FULL`), then the cell's overrides), scored on the 24
 held-out prompts (`opcd:generic_eval`) and the out-of-distribution suites (120 instruction prompts, 100 held-out GSM8K
 problems) for the base, the in-context teacher and the student. Fixed before the runs: the behaviours, the cells,
 seeds 0 and 1, and the columns below. Behaviours and cells are added, never changed once measured.
 
     .venv/bin/python benchmarks/study.py                               # everything (about 8 min a run)
-    .venv/bin/python benchmarks/study.py --behaviours numbered --cells default --seeds 0
+    .venv/bin/python benchmarks/study.py --behaviours numbered --cells full --seeds 0
 
 A run directory that already holds `results.json` is read, not run again. Writes
 `benchmarks/results/study.{md,json,png}`. Nothing else may run on the machine meanwhile.
@@ -37,8 +38,11 @@ BEHAVIOURS = {  # name: (system prompt, checker)
     "brief": ("Answer in one short sentence of at most 12 words.", "max_words:12"),
     "arr": ("Start every answer with 'Arr!'.", "starts_with:Arr!"),
 }
+# the preset the study started from (`distill-prompt`'s default until the study chose LoRA rank 8 at lr 3e-4),
+# under every cell, so that a cell means the same runs whatever the preset is now
+FULL = ["model.lora_rank=0", "train.lr=1e-5"]
 CELLS = {
-    "default": [],  # the preset: ε 1e-8, grad norm clipped at 1
+    "full": [],  # full fine-tuning at lr 1e-5: ε 1e-8, grad norm clipped at 1 (called `default` until the switch)
     "eps 1e-4": ["train.adam_eps=1e-4", "train.max_grad_norm=0"],  # the null test's fix
     # added after the first two were measured, before any of their runs. LoRA's rate is 10x full fine-tuning's (the
     # usual ratio at a fixed alpha, here 32), the same at both ranks; the lower rate runs twice the steps
@@ -76,7 +80,7 @@ def run_cell(behaviour: str, name: str, seed: int, work: Path) -> dict:
         shutil.rmtree(run_dir, ignore_errors=True)
         command = [
             str(ROOT / ".venv" / "bin" / "opcd"), "distill-prompt", "--system-prompt", prompt, "--check", check,
-            "--run-dir", str(run_dir), f"train.seed={seed}", *CELLS[name],
+            "--run-dir", str(run_dir), f"train.seed={seed}", *FULL, *CELLS[name],
         ]  # fmt: skip
         subprocess.run(command, check=True, cwd=ROOT)
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # 2.5 GB each; the results are what is kept

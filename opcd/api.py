@@ -32,7 +32,8 @@ HELD_OUT = 0.1  # without test_prompts: this share of the prompts (at least 4) i
 @dataclass(frozen=True)
 class Result:
     run_dir: Path
-    model_dir: Path  # the selected checkpoint's model: `from_pretrained` loads it; README.md is its card
+    model_dir: Path  # the selected checkpoint: a LoRA adapter at the preset (`AutoPeftModelForCausalLM` loads it,
+    # `opcd export --merge-lora` merges it), a whole model with `model={"lora_rank": 0}`; README.md is its card
     results: dict  # what results.json holds: rates, gap, out-of-distribution suites, checkpoint, timings
 
     @property
@@ -121,7 +122,7 @@ def distill(
     - `scorer`: a `str -> bool` callable, or checker/grader specs (`["language:fr"]`); None measures the context gap
       only (it is always measured).
     - `test_prompts`: held-out prompts (default: the last 10 %, at least 4, of `prompts`).
-    - `**sections`: config values by section, e.g. `train={"steps": 10, "lr": 1e-5}, rollout={"max_new_tokens": 64}`
+    - `**sections`: config values by section, e.g. `train={"steps": 10, "lr": 3e-4}, rollout={"max_new_tokens": 64}`
       (over the CPU preset, or over `config`)."""
     run = Path(run_dir)
     inputs = run / "inputs"

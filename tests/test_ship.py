@@ -115,7 +115,7 @@ def test_distill_from_python_with_a_list_and_a_custom_scorer(tiny_model, prompts
         progress=False, model={"dtype": "fp32"}, train={"steps": 2, "prompts_per_step": 2, "report_to": "none"},
         rollout={"max_new_tokens": 4},
     )  # fmt: skip
-    assert isinstance(result, opcd.Result) and (result.model_dir / "config.json").is_file()
+    assert isinstance(result, opcd.Result) and (result.model_dir / "adapter_config.json").is_file()  # LoRA preset
     assert result.results["scorer"][0].startswith("python:") and ".pirate:" in result.results["scorer"][0]
     assert result.results["test"]["n"] == 4 and len(seen) == 3 * 4  # base without, with, student
     assert result.results["gap"] is not None and result.report.is_file()

@@ -197,6 +197,27 @@ def test_lora_checkpoint_is_an_adapter_and_teacher_is_base(tiny_model, prompts_f
     assert json.loads((model_dir / "adapter_config.json").read_text())["r"] == 4
 
 
+def test_the_lora_adapter_starts_from_the_seed_alone(tiny_model):
+    """The same seed gives the same adapter whatever the process drew before (a score cache that skips an
+    evaluation changes that), and building it leaves the global RNG as it was."""
+    from opcd.config import ModelConfig
+    from opcd.core.setup import build_student
+
+    cfg = ModelConfig(student=str(tiny_model), dtype="fp32", lora_rank=4)
+
+    def adapter(seed: int, draws_before: int) -> dict:
+        torch.manual_seed(123)
+        torch.rand(draws_before)
+        state = torch.get_rng_state()
+        student = build_student(cfg, seed)
+        assert torch.equal(torch.get_rng_state(), state)
+        return {k: v.clone() for k, v in student.named_parameters() if "lora_A" in k}
+
+    first, after_more_draws, other_seed = adapter(0, 1), adapter(0, 1000), adapter(1, 1)
+    assert first and all(torch.equal(first[k], after_more_draws[k]) for k in first)
+    assert not all(torch.equal(first[k], other_seed[k]) for k in first)
+
+
 def test_cross_size_teacher(tiny_model, prompts_file, tmp_path, smol_tokenizer):
     bigger = make_tiny_model(tmp_path / "bigger", smol_tokenizer, hidden=64, layers=3, seed=1)
     run = _run(tiny_model, prompts_file, tmp_path / "run", **{"model.teacher": str(bigger)})

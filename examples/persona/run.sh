@@ -19,7 +19,7 @@ datasets.Dataset.from_dict({"question": rows("generic_train") + evals[48:]}).to_
 datasets.Dataset.from_dict({"question": evals[24:48]}).to_parquet("runs/persona-validation.parquet")
 datasets.Dataset.from_dict({"question": evals[:24]}).to_parquet("runs/persona-test.parquet")
 PY
-opts=() extra=()
+opts=() extra=(model.lora_rank=0 train.lr=1e-5)  # full fine-tuning at lr 1e-5, as measured (the preset is now LoRA)
 # LoRA: rank 16 at lr 1e-4 with a cosine decay, and mixed rollouts (the teacher answers half of step 1's prompts, a
 # share falling to 0 by the last step): without them this LoRA student did not take the persona up (docs/results.md)
 [ "$mode" = lora ] && opts=(--no-ood) extra=(model.lora_rank=16 model.lora_alpha=32 train.lr=1e-4

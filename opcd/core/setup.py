@@ -48,9 +48,10 @@ class Run:
     watch: Watch | None = None  # rank 0 only: the held-out gap and sample answers between steps
 
 
-def build_student(cfg: ModelConfig):
+def build_student(cfg: ModelConfig, seed: int = 0):
     """Full fine-tuning keeps fp32 master weights (compute runs in bf16 autocast); LoRA trains fp32 adapters on a
-    frozen base held in the compute dtype."""
+    frozen base held in the compute dtype, their random initialization drawn from `seed` alone (not from whatever
+    the process drew before, such as evaluations that a score cache may skip) and leaving the global RNG as it was."""
     if cfg.lora_rank == 0:
         return models.load_model(cfg.student, "fp32").train()
     from peft import LoraConfig, get_peft_model
@@ -58,7 +59,9 @@ def build_student(cfg: ModelConfig):
     base = models.load_model(cfg.student, cfg.dtype)
     targets = cfg.lora_targets if cfg.lora_targets == "all-linear" else [t.strip() for t in cfg.lora_targets.split(",")]
     lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets)
-    return get_peft_model(base, lora).train()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return get_peft_model(base, lora).train()
 
 
 def make_optimizer(params, t: TrainConfig) -> torch.optim.AdamW:
@@ -172,7 +175,7 @@ def set_up(cfg: Config, source: RolloutSource | None, resume: bool | str, stack:
     if source is None:
         source = PromptSource(cfg.data, tokenizer)
     device = resolve_device(cfg.model.device)
-    student = build_student(cfg.model).to(device)
+    student = build_student(cfg.model, cfg.train.seed).to(device)
     source.check_lengths(limit := _window(student), cfg.rollout.max_new_tokens)
     teacher = build_teacher(cfg.model, student, tokenizer)
     if _window(teacher.model, limit) < limit:  # a cross-size teacher with a shorter window than the student's

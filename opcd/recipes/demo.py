@@ -1,12 +1,12 @@
 """`opcd demo`: distill a system prompt into the default model on this CPU and show the effect.
 
-A fixed `opcd distill-prompt` run: "answer in French" into Qwen2.5-Coder-0.5B-Instruct with OPCD (20 steps of 8
-prompts), scored on 24 held-out prompts for the base model without and with the prompt and for the student without
-it, plus the instruction-following suite for the base, the in-context teacher and the student. GSM8K is left out of
-the demo: in French it measures mostly the behaviour's own cost (docs/methods.md, "Retention"), and its 100 held-out
-problems take 2.5 minutes a model here; `opcd distill-prompt` asks it by default. The demo checkpoints once, after
-its last step (a checkpoint of the 0.5B with its optimizer state is 7 GB to write); re-running a finished demo with
-the same run directory reuses it rather than starting over.
+A fixed `opcd distill-prompt` run at its preset: "answer in French" into Qwen2.5-Coder-0.5B-Instruct with OPCD (LoRA
+rank 8, 20 steps of 8 prompts), scored on 24 held-out prompts for the base model without and with the prompt and
+for the student without it, plus the instruction-following suite for the base, the in-context teacher and the
+student. GSM8K is left out of the demo: in French it measures mostly the behaviour's own cost (docs/methods.md,
+"Retention"), and its 100 held-out problems take 2.5 minutes a model here; `opcd distill-prompt` asks it by default.
+The demo checkpoints once, after its last step; re-running a finished demo with the same run directory reuses it
+rather than starting over.
 """
 
 from __future__ import annotations
