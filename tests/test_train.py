@@ -179,6 +179,8 @@ def test_existing_run_needs_resume_and_same_config(tiny_model, prompts_file, tmp
         {"model.teacher": "live"},
         {"model.teacher": "ema"},
         {"model.lora_rank": 4, "model.lora_targets": "q_proj,v_proj"},
+        {"model.lora_rank": 4, "loss.mode": "offpolicy"},  # distill-prompt's preset is LoRA: its other modes
+        {"model.lora_rank": 4, "loss.teacher_share": 0.5},
         {"model.dtype": "bf16", "train.gradient_checkpointing": "true"},
         {"rollout.samples_per_prompt": 2, "rollout.top_k": 20, "rollout.top_p": 0.9, "train.warmup_steps": 2},
     ],
