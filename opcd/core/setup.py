@@ -48,7 +48,7 @@ class Run:
     watch: Watch | None = None  # rank 0 only: the held-out gap and sample answers between steps
 
 
-def build_student(cfg: ModelConfig, seed: int = 0):
+def build_student(cfg: ModelConfig, seed: int):
     """Full fine-tuning keeps fp32 master weights (compute runs in bf16 autocast); LoRA trains fp32 adapters on a
     frozen base held in the compute dtype, their random initialization drawn from `seed` alone (not from whatever
     the process drew before, such as evaluations that a score cache may skip) and leaving the global RNG as it was."""
