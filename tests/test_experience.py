@@ -367,10 +367,11 @@ def test_consolidation_runs_every_method_and_writes_the_table(task, tiny_model, 
     assert set(results["students"]) == {"offpolicy", "opcd"}
     assert len(results["in_context"]) == 2 and all(len(v) == 2 for v in results["students"].values())
     assert len(results["teacher_in_context"]) == 2  # the teacher with the experience, same test set
+    assert 0 <= results["teacher_without"] <= 1  # and without any, once: does the experience help the teacher?
     cells = [json.loads(p.read_text()) for p in (folder / "consolidate").glob("context-*/*/results.json")]
     assert {r["software"]["transformers"] for r in cells + [results]} == {transformers.__version__}
     table = (folder / "consolidate" / "results-random.md").read_text()
-    assert "| Base | In-Context | Teacher in-context | Off-policy CD | OPCD |" in table
+    assert "| Base | In-Context | Teacher, no context | Teacher in-context | Off-policy CD | OPCD |" in table
     assert (folder / "consolidate" / "results-random.png").stat().st_size > 0
     runs = {json.loads(p.read_text())["context"] for p in (folder / "consolidate").glob("context-*/*/results.json")}
     assert runs == {"- EXPERIENCE ITEM: Add the ones first.", render(["Add the ones first.", "H is a hole."])}
@@ -603,6 +604,12 @@ def test_the_results_plot_shows_scores_on_a_percent_axis_with_instruction_follow
     assert ood.patches[2].get_facecolor() == opcd_colour  # a method keeps its colour in both panels
     consolidate_table.plot({**result, "ood": {}}, tmp_path / "without.png")
     assert len(kept_figures[-1].axes) == 1 and (tmp_path / "without.png").stat().st_size > 0
+    cross = {**result, "teacher_without": 0.25, "teacher_in_context": [0.3]}  # cross-size: the teacher's two bars
+    consolidate_table.plot(cross, tmp_path / "cross.png")
+    scores, ood = kept_figures[-1].axes
+    names = [t.get_text() for t in scores.get_xticklabels()]
+    assert names == ["Base", "In-Context", "Teacher,\nno context", "Teacher\nin-context", "Off-policy CD", "OPCD"]
+    assert scores.patches[5].get_facecolor() == opcd_colour == ood.patches[2].get_facecolor()
 
 
 def test_extraction_samples_at_the_papers_settings_for_the_task():

@@ -23,6 +23,7 @@ import signal
 import sys
 import time
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 from opcd.config import Config, DataConfig, RolloutConfig, build_config, load_config, save_config
@@ -194,22 +195,25 @@ def cell_failure(run: Path, exitcode: int | None) -> str:
     return f"consolidation run {run} failed (exit code {exitcode}); see its output above"
 
 
-def teacher_in_context(cfg: Config, plan: Plan, folder: Path, contexts: list[Candidate]) -> list[float] | None:
-    """Cross-size: the larger model with its own experience on the same test set."""
+def teacher_scores(cfg: Config, plan: Plan, folder: Path, contexts: list[Candidate]) -> tuple[float | None, list]:
+    """Cross-size: the larger model on the same test set, without a context and with its own experience."""
     teacher = cfg.model.teacher
     if teacher in ("frozen", "live", "ema") or teacher == cfg.model.student:
-        return None
-    rates = []
+        return None, []
+    without, rates = None, []
     for c in contexts:
         cell = run_config(cfg, c.context, "opcd", 0, folder / "unused")
         t_cfg = dataclasses.replace(cell, model=dataclasses.replace(cell.model, student=teacher))
         yard = yardstick(t_cfg, dataclasses.replace(plan, checkpoint="last"))
 
-        def measure(yard=yard) -> dict:
-            return yard.measure(teacher, with_context=True, label="teacher with its experience")
+        def measure(with_context: bool, yard=yard) -> dict:
+            label = "teacher with its experience" if with_context else "teacher without a context"
+            return yard.measure(teacher, with_context=with_context, label=label)
 
-        rates.append(cached(folder / "base", "teacher-in-context", yard.key, measure)["rate"])
-    return rates
+        if without is None:  # the same for every context: measured once
+            without = cached(folder / "base", "teacher-without", yard.key, partial(measure, False))["rate"]
+        rates.append(cached(folder / "base", "teacher-in-context", yard.key, partial(measure, True))["rate"])
+    return without, rates
 
 
 def context_digest(text: str) -> str:
@@ -311,7 +315,7 @@ def summarize(
     if plan.ood and any(scored.values()):  # a run made with --no-ood has no scores
         ood["base"] = next(x for v in scored.values() for x in v)["base"]
         ood |= {m: [x["student"] for x in v] for m, v in scored.items() if v}
-    teacher = teacher_in_context(cfg, plan, folder, chosen)
+    teacher_without, teacher = teacher_scores(cfg, plan, folder, chosen)
     results = {
         "task": e.task,
         "student": cfg.model.student,
@@ -331,6 +335,7 @@ def summarize(
         },
         "base": base,
         "in_context": [in_context[n] for n in range(len(chosen))],
+        "teacher_without": teacher_without,
         "teacher_in_context": teacher,
         "students": by_method,
         "ood": ood,

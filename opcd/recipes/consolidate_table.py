@@ -9,6 +9,14 @@ from pathlib import Path
 from opcd.io import pyplot, save_figure
 
 LABELS = {"offpolicy": "Off-policy CD", "opcd": "OPCD"}
+COLORS = {  # one colour per kind of bar, in every chart
+    "base": "#999",
+    "in_context": "#4a90d9",
+    "teacher_without": "#b5d6a7",
+    "teacher": "#7fb069",
+    "offpolicy": "#e07b39",
+    "opcd": "#c84c4c",
+}
 
 
 def _mean_std(values: list[float]) -> str:
@@ -29,10 +37,13 @@ def table(r: dict) -> str:
     metric = "accuracy" if r["task"] == "math" else "success"
     cols = (
         ["Base", "In-Context"]
+        + (["Teacher, no context"] if r.get("teacher_without") is not None else [])
         + (["Teacher in-context"] if r["teacher_in_context"] else [])
         + [LABELS[m] for m in r["students"]]
     )
     values = [_mean_std([r["base"]]), _mean_std(r["in_context"])]
+    if r.get("teacher_without") is not None:  # results from before 2026-12-04 lack it
+        values.append(_mean_std([r["teacher_without"]]))
     if r["teacher_in_context"]:
         values.append(_mean_std(r["teacher_in_context"]))
     values += [_mean_std(v) for v in r["students"].values()]
@@ -68,18 +79,25 @@ def plot(r: dict, path: Path) -> None:
     """The table as bars (test score; instruction following beside it when measured)."""
     names = (
         ["Base", "In-Context"]
+        + (["Teacher,\nno context"] if r.get("teacher_without") is not None else [])
         + (["Teacher\nin-context"] if r["teacher_in_context"] else [])
         + [LABELS[m] for m in r["students"]]
     )
     series = (
         [[r["base"]], r["in_context"]]
+        + ([[r["teacher_without"]]] if r.get("teacher_without") is not None else [])
         + ([r["teacher_in_context"]] if r["teacher_in_context"] else [])
         + list(r["students"].values())
     )
     ood = r.get("ood") or {}
     fig, axes = pyplot().subplots(1, 2 if ood else 1, figsize=(10, 3.8) if ood else (6.5, 3.8), squeeze=False)
-    colors = ["#999", "#4a90d9", "#7fb069", "#e07b39", "#c84c4c"][: len(names)]
-    student_color = dict(zip(r["students"], colors[len(names) - len(r["students"]) :], strict=True))
+    student_color = {m: COLORS[m] for m in r["students"]}
+    colors = (
+        [COLORS["base"], COLORS["in_context"]]
+        + ([COLORS["teacher_without"]] if r.get("teacher_without") is not None else [])
+        + ([COLORS["teacher"]] if r["teacher_in_context"] else [])
+        + list(student_color.values())
+    )
     _bars(axes[0][0], names, series, colors)
     axes[0][0].set_ylabel(("accuracy" if r["task"] == "math" else "success") + " (%)")
     axes[0][0].set_title(f"{r['task']} test", fontsize=10)
