@@ -71,6 +71,7 @@ def _bars(ax, names: list[str], series: list[list[float]], colors: list[str]) ->
     errs = [100 * statistics.stdev(v) if len(v) > 1 else 0 for v in series]
     ax.bar(names, means, yerr=errs, capsize=4, color=colors)
     ax.set_ylim(0, 100)
+    ax.tick_params(axis="x", labelsize=8 if len(names) > 4 else 10)  # six bars' names fit side by side
     for x, (m, e) in enumerate(zip(means, errs, strict=True)):
         ax.text(x, m + e + 2, f"{m:.1f}", ha="center", fontsize=8)
 
