@@ -9,14 +9,18 @@ from pathlib import Path
 from opcd.io import pyplot, save_figure
 
 LABELS = {"offpolicy": "Off-policy CD", "opcd": "OPCD"}
-COLORS = {  # one colour per kind of bar, in every chart
-    "base": "#999",
-    "in_context": "#4a90d9",
-    "teacher_without": "#b5d6a7",
-    "teacher": "#7fb069",
-    "offpolicy": "#e07b39",
-    "opcd": "#c84c4c",
-}
+COLORS = {"base": "#999", "offpolicy": "#e07b39", "opcd": "#c84c4c"}  # a method keeps its colour in both charts
+
+
+def _scores(r: dict) -> list[tuple[str, list[float], str]]:
+    """The table's score columns as (name, values over seeds, colour); the teacher's only where cross-size (and its
+    score without a context only in results made since 2026-12-04)."""
+    columns = [("Base", [r["base"]], COLORS["base"]), ("In-Context", r["in_context"], "#4a90d9")]
+    if r.get("teacher_without") is not None:
+        columns.append(("Teacher, no context", [r["teacher_without"]], "#b5d6a7"))
+    if r["teacher_in_context"]:
+        columns.append(("Teacher in-context", r["teacher_in_context"], "#7fb069"))
+    return columns + [(LABELS[m], v, COLORS[m]) for m, v in r["students"].items()]
 
 
 def _mean_std(values: list[float]) -> str:
@@ -35,18 +39,8 @@ def _seeds(r: dict) -> str:
 
 def table(r: dict) -> str:
     metric = "accuracy" if r["task"] == "math" else "success"
-    cols = (
-        ["Base", "In-Context"]
-        + (["Teacher, no context"] if r.get("teacher_without") is not None else [])
-        + (["Teacher in-context"] if r["teacher_in_context"] else [])
-        + [LABELS[m] for m in r["students"]]
-    )
-    values = [_mean_std([r["base"]]), _mean_std(r["in_context"])]
-    if r.get("teacher_without") is not None:  # results from before 2026-12-04 lack it
-        values.append(_mean_std([r["teacher_without"]]))
-    if r["teacher_in_context"]:
-        values.append(_mean_std(r["teacher_in_context"]))
-    values += [_mean_std(v) for v in r["students"].values()]
+    cols = [name for name, _, _ in _scores(r)]
+    values = [_mean_std(v) for _, v, _ in _scores(r)]
     if r["ood"]:
         cols.append("OOD IF-Eval: Base / " + " / ".join(LABELS[m] for m in r["students"]))
         ood = [_mean_std(r["ood"][m]) if m in r["ood"] else "–" for m in r["students"]]
@@ -78,28 +72,11 @@ def _bars(ax, names: list[str], series: list[list[float]], colors: list[str]) ->
 
 def plot(r: dict, path: Path) -> None:
     """The table as bars (test score; instruction following beside it when measured)."""
-    names = (
-        ["Base", "In-Context"]
-        + (["Teacher,\nno context"] if r.get("teacher_without") is not None else [])
-        + (["Teacher\nin-context"] if r["teacher_in_context"] else [])
-        + [LABELS[m] for m in r["students"]]
-    )
-    series = (
-        [[r["base"]], r["in_context"]]
-        + ([[r["teacher_without"]]] if r.get("teacher_without") is not None else [])
-        + ([r["teacher_in_context"]] if r["teacher_in_context"] else [])
-        + list(r["students"].values())
-    )
+    names, series, colors = zip(*_scores(r), strict=True)
+    names = [name.replace(", ", ",\n").replace(" in-", "\nin-") for name in names]  # two lines under a bar
     ood = r.get("ood") or {}
     fig, axes = pyplot().subplots(1, 2 if ood else 1, figsize=(10, 3.8) if ood else (6.5, 3.8), squeeze=False)
-    student_color = {m: COLORS[m] for m in r["students"]}
-    colors = (
-        [COLORS["base"], COLORS["in_context"]]
-        + ([COLORS["teacher_without"]] if r.get("teacher_without") is not None else [])
-        + ([COLORS["teacher"]] if r["teacher_in_context"] else [])
-        + list(student_color.values())
-    )
-    _bars(axes[0][0], names, series, colors)
+    _bars(axes[0][0], names, list(series), list(colors))
     axes[0][0].set_ylabel(("accuracy" if r["task"] == "math" else "success") + " (%)")
     axes[0][0].set_title(f"{r['task']} test", fontsize=10)
     if ood:
@@ -108,7 +85,7 @@ def plot(r: dict, path: Path) -> None:
             axes[0][1],
             ["Base"] + [LABELS[m] for m in methods],
             [[ood["base"]]] + [ood[m] for m in methods],
-            [colors[0]] + [student_color[m] for m in methods],
+            [COLORS["base"]] + [COLORS[m] for m in methods],
         )
         axes[0][1].set_ylabel("prompt-level strict (%)")
         axes[0][1].set_title("out of distribution: instruction following", fontsize=10)
