@@ -35,7 +35,7 @@ from opcd.games.episodes import VALIDATION_SEEDS, source_for
 from opcd.io import cached, read_json, write_json, write_text
 from opcd.recipes.consolidate_table import plot, table
 from opcd.recipes.games import GameYardstick
-from opcd.recipes.pipeline import OOD_DEFAULT, Yardstick, distill_and_measure, preflight, student_name
+from opcd.recipes.pipeline import OOD_DEFAULT, Yardstick, distill_and_measure, preflight, student_name, teacher_model
 from opcd.recipes.report import BASE, IN_CONTEXT
 from opcd.recipes.system_prompt import EvalPlan, PromptYardstick
 from opcd.tasks.graders import without_number
@@ -197,8 +197,8 @@ def cell_failure(run: Path, exitcode: int | None) -> str:
 
 def teacher_scores(cfg: Config, plan: Plan, folder: Path, contexts: list[Candidate]) -> tuple[float | None, list]:
     """Cross-size: the larger model on the same test set, without a context and with its own experience."""
-    teacher = cfg.model.teacher
-    if teacher in ("frozen", "live", "ema") or teacher == cfg.model.student:
+    teacher = teacher_model(cfg)
+    if teacher == cfg.model.student:
         return None, []
     without, rates = None, []
     for c in contexts:
