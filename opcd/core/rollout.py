@@ -3,7 +3,8 @@
 A `RolloutSource` is what the training loop trains on: each step it is handed the drawn item indices and a `Policy`
 (who samples: the student on its own prompts, or the teacher on its prompts with the context) and returns the
 rollouts. The default source is the rows of the prompts file (`PromptSource`); applications add their own (game
-episodes) without touching the loop. Hugging Face `generate` is the default (and CPU) sampler.
+episodes) without touching the loop. Hugging Face `generate` is the default (and CPU) sampler; greedy decoding
+(evaluation) runs its own loop that drops each row once it has ended.
 
 A `Sampler` speaks token ids only. Responses are cut after the first EOS (kept: the model must learn to stop) and
 padding is dropped, so a response is exactly the tokens the model produced. Sampling uses *only* the settings given
@@ -23,6 +24,7 @@ import torch
 from opcd.config import DataConfig, RolloutConfig
 from opcd.core.data import load_examples
 from opcd.core.prompts import PromptRenderer, check_lengths
+from opcd.core.scoring import cache_kwarg, decoder_of
 
 
 @dataclass
@@ -131,7 +133,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 class HFSampler:
-    """Batched sampling with `model.generate`, prompts left-padded in one batch per call."""
+    """Batched sampling with `model.generate` (greedy: `_greedy`), prompts left-padded in one batch per call."""
 
     def __init__(
         self,
@@ -164,6 +166,7 @@ class HFSampler:
             pad_token_id=pad_id,
             repetition_penalty=1.0,
         )
+        self.rows = rows
         if rows is not None:
             whole = model.get_output_embeddings().weight.shape[0]
             self.config.suppress_tokens = list(range(rows, whole)) or None
@@ -195,14 +198,52 @@ class HFSampler:
                 ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in group], device=device)
                 mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in group], device=device)
                 with autocast(self.dtype, device):
-                    out = self.model.generate(
-                        input_ids=ids, attention_mask=mask, generation_config=self.config, synced_gpus=self.synced
-                    )
-                results += [cut_at_eos(row[width:].tolist(), self.eos_ids) for row in out]
+                    if self.config.do_sample or self.synced:
+                        out = self.model.generate(
+                            input_ids=ids, attention_mask=mask, generation_config=self.config, synced_gpus=self.synced
+                        )
+                        results += [cut_at_eos(row[width:].tolist(), self.eos_ids) for row in out]
+                    else:
+                        results += [cut_at_eos(row, self.eos_ids) for row in self._greedy(ids, mask)]
         finally:
             hook.remove()
         self.model.train(was_training)
         return results
+
+    def _greedy(self, ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
+        """Greedy decoding that drops each row from the batch (and its KV cache) once it has produced EOS. Hugging
+        Face's `generate` computes every row until the longest ends; the tokens are the same (the model's own forward
+        with the same cache, mask and positions; `tests/test_rollout.py`), the work shrinks with the answers that
+        end early."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        kwargs = cache_kwarg(decoder_of(self.model), cache)
+        eos = torch.tensor(sorted(self.eos_ids), device=ids.device)
+        alive = torch.arange(ids.shape[0], device=ids.device)  # original row of each row still decoding
+        tokens: list[list[int]] = [[] for _ in range(ids.shape[0])]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: positions count the real tokens only
+        step = ids
+        for _ in range(self.config.max_new_tokens):
+            logits = self.model(
+                input_ids=step, attention_mask=mask, position_ids=positions, logits_to_keep=1, **kwargs
+            ).logits[:, -1]
+            if self.rows is not None:
+                logits[:, self.rows :] = float("-inf")  # a teacher's padded rows, which the student does not have
+            chosen = logits.argmax(-1)
+            for row, token in zip(alive.tolist(), chosen.tolist(), strict=True):
+                tokens[row].append(token)
+            going = ~torch.isin(chosen, eos)
+            if not going.any():
+                break
+            if not going.all():
+                keep = going.nonzero().squeeze(-1)
+                cache.batch_select_indices(keep)
+                alive, chosen, mask, positions = alive[keep], chosen[keep], mask[keep], positions[keep]
+            mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=-1)
+            positions = positions[:, -1:] + 1
+            step = chosen[:, None]
+        return tokens
 
 
 def _contiguous_input(module, args):
