@@ -37,6 +37,9 @@ BEHAVIOURS = {  # name: (system prompt, checker)
     # added after the first two were measured, before any of their runs: a length limit and a rare first token
     "brief": ("Answer in one short sentence of at most 12 words.", "max_words:12"),
     "arr": ("Start every answer with 'Arr!'.", "starts_with:Arr!"),
+    # added after the study had chosen its preset, before any run of its own: a persona no checker scores, measured
+    # by the context gap alone (the practitioner's path's pirate, examples/persona/persona.txt)
+    "persona": ((ROOT / "examples" / "persona" / "persona.txt").read_text().strip(), None),
 }
 # the preset the study started from (`distill-prompt`'s default until the study chose LoRA rank 8 at lr 3e-4),
 # under every cell, so that a cell means the same runs whatever the preset is now
@@ -81,7 +84,8 @@ def run_cell(behaviour: str, name: str, seed: int, work: Path) -> dict:
     if not (run_dir / "results.json").exists():
         shutil.rmtree(run_dir, ignore_errors=True)
         command = [
-            str(ROOT / ".venv" / "bin" / "opcd"), "distill-prompt", "--system-prompt", prompt, "--check", check,
+            str(ROOT / ".venv" / "bin" / "opcd"), "distill-prompt", "--system-prompt", prompt,
+            *(["--check", check] if check else []),
             "--run-dir", str(run_dir), f"train.seed={seed}", *FULL, *CELLS[name],
         ]  # fmt: skip
         subprocess.run(command, check=True, cwd=ROOT)
@@ -95,17 +99,21 @@ def _rate(pair: list[int]) -> float:
 
 
 def summary(r: dict) -> dict:
+    """One run's columns; a behaviour without a checker (the persona) has no adherence, no conflict split and no like
+    with like (None), only the context gap."""
     instr, gsm = r["ood"]["instructions"], r["ood"]["gsm8k"]
-    other = instr["conflict_split"]["other"]
-    like = instr["like_with_like"]
+    other = instr["conflict_split"]["other"] if "conflict_split" in instr else None
+    like = instr.get("like_with_like")
+    closed = r["gap"]["closed"] if r.get("gap") else {}
     return {
-        "adherence": r["rates"]["OPCD student, without the prompt"],
-        "teacher": r["rates"]["In-context: base with the prompt"],
-        "gap_kl": r["gap"]["closed"]["reverse_kl"] if r.get("gap") else None,
+        "adherence": r["rates"].get("OPCD student, without the prompt"),
+        "teacher": r["rates"].get("In-context: base with the prompt"),
+        "gap_kl": closed.get("reverse_kl"),
+        "gap_nll": closed.get("extra_nll"),
         "instructions": {k: instr[k] for k in ("base", "in_context", "student")},
-        "other": {k: _rate(other[k]) for k in ("base", "in_context", "student")},
-        "other_n": other["base"][1],
-        "like_shows": {k: _rate(like[k]["shows"]) for k in ("in_context", "student")},
+        "other": other and {k: _rate(other[k]) for k in ("base", "in_context", "student")},
+        "other_n": other and other["base"][1],
+        "like_shows": like and {k: _rate(like[k]["shows"]) for k in ("in_context", "student")},
         "gsm8k": {k: gsm[k] for k in ("base", "in_context", "student")},
         "kl": [r["kl_first"], r["kl_last"]],
     }
@@ -120,24 +128,28 @@ def write(results: dict) -> None:
         "among the answers that show the behaviour, teacher / student (– where none does). GSM8K student − base: "
         "points, with a 95 % paired bootstrap interval over the 100 problems.",
         "",
-        "| behaviour | cell | seed | adherence (teacher) | gap closed (KL) | KL first → last step | "
+        "| behaviour | cell | seed | adherence (teacher) | gap closed (KL / NLL) | KL first → last step | "
         "instructions (120) | non-conflicting | like with like | GSM8K (100) | GSM8K student − base (95 %) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, s in sorted(results.items()):
         behaviour, cell, seed = key.split("/")
         trio = " / ".join(f"{s['instructions'][k]:.1%}" for k in ("base", "in_context", "student"))
-        other = " / ".join(f"{s['other'][k]:.1%}" for k in ("base", "in_context", "student"))
+        other = " / ".join(f"{s['other'][k]:.1%}" for k in WHO) if s["other"] else "–"
         gsm = " / ".join(f"{s['gsm8k'][k]:.0%}" for k in ("base", "in_context", "student"))
-        like = " / ".join(_pct(s["like_shows"][k]) for k in ("in_context", "student"))
+        like = " / ".join(_pct(s["like_shows"][k]) for k in ("in_context", "student")) if s["like_shows"] else "–"
+        adherence = "–" if s["adherence"] is None else f"{s['adherence']:.0%} ({s['teacher']:.0%})"
+        gap = " / ".join("–" if s.get(k) is None else f"{s[k]:.0%}" for k in ("gap_kl", "gap_nll"))
         lines.append(
-            f"| {behaviour} | {cell} | {seed} | {s['adherence']:.0%} ({s['teacher']:.0%}) | {s['gap_kl']:.0%} | "
-            f"{s['kl'][0]:.3f} → {s['kl'][1]:.3f} | "
+            f"| {behaviour} | {cell} | {seed} | {adherence} | {gap} | {s['kl'][0]:.3f} → {s['kl'][1]:.3f} | "
             f"{trio} | {other} | {like} | {gsm} | {_interval(s.get('gsm8k_minus_base'))} |"
         )
     (RESULTS / "study.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     plot(results)
+
+
+WHO = ("base", "in_context", "student")
 
 
 def _pct(rate: float) -> str:
@@ -163,8 +175,8 @@ def plot(results: dict) -> None:
             runs = [s for key, s in mine.items() if key.split("/")[1] == cell]
             if not runs:
                 continue
-            x = [100 * s["adherence"] for s in runs]
-            y = [100 * (s["other"]["student"] - s["other"]["base"]) for s in runs]
+            x = [100 * _x(s) for s in runs]
+            y = [100 * (_y(s)["student"] - _y(s)["base"]) for s in runs]
             top.scatter(x, y, color=f"C{i}", label=cell, s=50, alpha=0.8)
             for k, s in enumerate(runs):  # one column per cell, seeds side by side
                 d = s.get("gsm8k_minus_base")
@@ -172,12 +184,13 @@ def plot(results: dict) -> None:
                     low, high = 100 * (d[0] - d[1]), 100 * (d[2] - d[0])
                     bottom.errorbar(i + 0.2 * k, 100 * d[0], yerr=[[low], [high]], fmt="o", color=f"C{i}", capsize=3)
         first = next(iter(mine.values()))
-        teacher = (100 * first["teacher"], 100 * (first["other"]["in_context"] - first["other"]["base"]))
+        checked = first["adherence"] is not None
+        teacher = (100 * (first["teacher"] if checked else 1), 100 * (_y(first)["in_context"] - _y(first)["base"]))
         top.scatter(*teacher, color="black", marker="*", s=120, label="in-context teacher")
         top.axhline(0, color="grey", lw=0.8)
         top.set_xlim(-5, 105)
-        top.set_xlabel("adherence without the prompt (%)")
-        top.set_ylabel("non-conflicting instructions − base (points)")
+        top.set_xlabel("adherence without the prompt (%)" if checked else "context gap closed (reverse KL, %)")
+        top.set_ylabel(f"{'non-conflicting ' if first['other'] else 'all 120 '}instructions − base (points)")
         gsm = first["gsm8k"]
         bottom.axhline(100 * (gsm["in_context"] - gsm["base"]), color="black", ls="--", lw=0.8, label="teacher")
         bottom.axhline(0, color="grey", lw=0.8)
@@ -190,6 +203,17 @@ def plot(results: dict) -> None:
     fig.savefig(RESULTS / "study.png", dpi=120)
 
 
+def _x(s: dict) -> float:
+    """Adherence, or for a behaviour without a checker the share of the context gap closed."""
+    return s["gap_kl"] if s["adherence"] is None else s["adherence"]
+
+
+def _y(s: dict) -> dict:
+    """The instruction rates the behaviour leaves alone: the non-conflicting prompts, or all of them without a
+    checker (no conflict rule)."""
+    return s["other"] or s["instructions"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--behaviours", nargs="+", default=list(BEHAVIOURS), choices=list(BEHAVIOURS))
@@ -200,7 +224,11 @@ def main() -> None:
     args = parser.parse_args()
     path = RESULTS / "study.json"
     results = json.loads(path.read_text()) if path.exists() else {}
-    if args.report_only:
+    if args.report_only:  # each measured run's columns read again from its directory
+        for key in results:
+            behaviour, cell, seed = key.split("/")
+            if (Path(args.work) / f"{behaviour}-{cell.replace(' ', '_')}-s{seed}" / "results.json").exists():
+                results[key] = run_cell(behaviour, cell, int(seed), Path(args.work))
         write(results)
         return
     for behaviour in args.behaviours:
