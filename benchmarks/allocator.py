@@ -13,8 +13,9 @@ Settings:
 - `mimalloc`: mimalloc preloaded, its default settings (freed pages purged after 10 ms);
 - `opcd`: what the `opcd` command does (`opcd/core/heap.py`): mimalloc preloaded, freed pages kept for reuse.
 
-Two runs: `short` (6 steps, 32-token answers: the default preset's step) and `long` (12 steps, 256-token answers: the
-run that grew past 24 GB under glibc's default and was killed).
+Three runs: `short` (6 steps, 32-token answers: full fine-tuning's step), `long` (12 steps, 256-token answers: the
+run that grew past 24 GB under glibc's default and was killed) and `long lora`, the same at `distill-prompt`'s preset
+(LoRA rank 8 at lr 3e-4).
 
     .venv/bin/python benchmarks/allocator.py --runs short                       # every setting (about 18 min)
     .venv/bin/python benchmarks/allocator.py --runs long --settings "mmap 1 MB" opcd    # (about 45 min)
@@ -43,7 +44,8 @@ sys.path.insert(0, str(ROOT))
 from opcd.core import heap  # noqa: E402 (after the path)
 
 SETTINGS = ("mmap 1 MB", "glibc default", "glibc heap", "glibc + huge pages", "mimalloc", "opcd")
-RUNS = {"short": (6, 32), "long": (12, 256)}  # name: (steps, max_new_tokens)
+LORA = ("model.lora_rank=8", "train.lr=3e-4")  # distill-prompt's preset over the config's full fine-tuning
+RUNS = {"short": (6, 32, ()), "long": (12, 256, ()), "long lora": (12, 256, LORA)}  # name: (steps, tokens, overrides)
 PARTS = ("generate", "teacher", "student", "optimizer", "step")
 
 
@@ -73,7 +75,8 @@ def child(setting: str, args: list[str]) -> None:
     sys.exit(opcd_main(["train", *args]))
 
 
-def run(setting: str, steps: int, tokens: int) -> dict:
+def run(setting: str, name: str) -> dict:
+    steps, tokens, overrides = RUNS[name]
     with tempfile.TemporaryDirectory() as tmp:
         args = [
             str(ROOT / "configs" / "system_prompt.toml"),
@@ -82,6 +85,7 @@ def run(setting: str, steps: int, tokens: int) -> dict:
             "train.save_every=0",
             "train.report_to=none",
             f"train.run_dir={tmp}/run",
+            *overrides,
         ]
         began = time.perf_counter()
         command = [sys.executable, __file__, "--child", setting, "--", *args]
@@ -92,6 +96,7 @@ def run(setting: str, steps: int, tokens: int) -> dict:
         rows = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
     later = rows[1:]
     return {
+        "run": name,
         "setting": setting,
         "steps": steps,
         "tokens": tokens,
@@ -114,28 +119,36 @@ def table(rows: list[dict]) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['steps']} steps × ≤{r['tokens']} tokens | {r['setting']} | {r['generate_s']:.2f} | "
+            f"| {r['steps']} steps × ≤{r['tokens']} tokens{', LoRA' if _run(r) == 'long lora' else ''} | "
+            f"{r['setting']} | {r['generate_s']:.2f} | "
             f"{r['teacher_s']:.2f} | {r['student_s']:.2f} | {r['optimizer_s']:.2f} | {r['step_s']:.2f} | "
             f"{r['system_s']:.0f} | {r['minor_faults']:,} | {r['peak_rss_gb']:.2f} | {r['resident_gb'][-1]:.2f} |"
         )
     return "\n".join(lines)
 
 
+def _run(row: dict) -> str:
+    """The run a row belongs to (rows measured before the LoRA run existed do not name it)."""
+    return row.get("run") or next(n for n, (s, t, _) in RUNS.items() if (s, t) == (row["steps"], row["tokens"]))
+
+
 def plot(rows: list[dict], path: Path) -> None:
     from opcd.io import pyplot, save_figure
 
     plt = pyplot()
-    runs = sorted({(r["steps"], r["tokens"]) for r in rows})
+    runs = [name for name in RUNS if any(_run(r) == name for r in rows)]
     fig, axes = plt.subplots(1, 1 + len(runs), figsize=(5 * (1 + len(runs)), 4))
-    labels = [f"{r['setting']}\n{r['steps']}×≤{r['tokens']}" for r in rows]
+    labels = [f"{r['setting']}\n{_run(r)}" for r in rows]
     axes[0].bar(range(len(rows)), [r["step_s"] for r in rows], color="tab:blue")
     axes[0].set_xticks(range(len(rows)), labels, fontsize=7)
     axes[0].set(ylabel="median step time (s)", title="Step time")
-    for ax, (steps, tokens) in zip(axes[1:], runs, strict=True):
+    for ax, name in zip(axes[1:], runs, strict=True):
+        steps, tokens, overrides = RUNS[name]
         for r in rows:
-            if (r["steps"], r["tokens"]) == (steps, tokens):
+            if _run(r) == name:
                 ax.plot(range(1, len(r["resident_gb"]) + 1), r["resident_gb"], marker="o", label=r["setting"])
-        ax.set(xlabel="step", ylabel="resident memory after the step (GiB)", title=f"{steps} steps × ≤{tokens} tokens")
+        title = f"{steps} steps × ≤{tokens} tokens{', LoRA' if overrides else ''}"
+        ax.set(xlabel="step", ylabel="resident memory after the step (GiB)", title=title)
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -158,14 +171,16 @@ def main() -> None:
     saved = RESULTS / "allocator.json"
     rows = json.loads(saved.read_text()) if saved.exists() else []
     rows = [r for r in rows if "setting" in r and "steps" in r]  # rows of this benchmark's current form
-    header = "Qwen2.5-Coder-0.5B, configs/system_prompt.toml (full fine-tuning, 8 prompts a step), one process each\n\n"
+    header = (
+        "Qwen2.5-Coder-0.5B, configs/system_prompt.toml (full fine-tuning, 8 prompts a step; the LoRA run at "
+        "distill-prompt's preset), one process each\n\n"
+    )
     for name in [] if args.render else args.runs:
-        steps, tokens = RUNS[name]
         for setting in args.settings:
-            print(f"{name}: {setting}, {steps} steps x <= {tokens} tokens", flush=True)
-            row = run(setting, steps, tokens)
-            rows = [r for r in rows if (r["steps"], r["tokens"], r["setting"]) != (steps, tokens, setting)] + [row]
-            rows.sort(key=lambda r: (r["steps"], r["tokens"], SETTINGS.index(r["setting"])))
+            print(f"{name}: {setting}", flush=True)
+            row = run(setting, name)
+            rows = [r for r in rows if (_run(r), r["setting"]) != (name, setting)] + [row]
+            rows.sort(key=lambda r: (list(RUNS).index(_run(r)), SETTINGS.index(r["setting"])))
             print(table([row]), flush=True)
             write_text(RESULTS / "allocator.md", header + table(rows) + "\n")
             write_json(saved, rows)
