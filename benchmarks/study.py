@@ -40,6 +40,25 @@ BEHAVIOURS = {  # name: (system prompt, checker)
     # added after the study had chosen its preset, before any run of its own: a persona no checker scores, measured
     # by the context gap alone (the practitioner's path's pirate, examples/persona/persona.txt)
     "persona": ((ROOT / "examples" / "persona" / "persona.txt").read_text().strip(), None),
+    # added 2026-12-04, before any run of its own: the leg-counting task prompt, scored by accuracy on its own 60 test
+    # problems (greedy, 320 tokens) and trained on its own problems with 128-token rollouts, twice compare_prompts.py's
+    # 64, room for the format's worked answer to end
+    "legs": ((ROOT / "opcd" / "assets" / "contexts" / "legs.txt").read_text().strip(), "number"),
+}
+TASKS = {  # a behaviour that is a task: its own prompts, test problems and budgets (options, overrides)
+    "legs": (
+        [
+            "--prompts",
+            "opcd:legs_train",
+            "--test-prompts",
+            "opcd:legs_test",
+            "--test-max",
+            "0",
+            "--max-new-tokens",
+            "320",
+        ],
+        ["rollout.max_new_tokens=128"],
+    ),
 }
 # the preset the study started from (`distill-prompt`'s default until the study chose LoRA rank 8 at lr 3e-4),
 # under every cell, so that a cell means the same runs whatever the preset is now
@@ -81,12 +100,14 @@ def _gsm8k_minus_base(r: dict, run_dir: Path) -> list[float] | None:
 def run_cell(behaviour: str, name: str, seed: int, work: Path) -> dict:
     run_dir = work / f"{behaviour}-{name.replace(' ', '_')}-s{seed}"
     prompt, check = BEHAVIOURS[behaviour]
+    options, overrides = TASKS.get(behaviour, ([], []))
     if not (run_dir / "results.json").exists():
         shutil.rmtree(run_dir, ignore_errors=True)
         command = [
             str(ROOT / ".venv" / "bin" / "opcd"), "distill-prompt", "--system-prompt", prompt,
             *(["--check", check] if check else []),
-            "--run-dir", str(run_dir), f"train.seed={seed}", *FULL, *CELLS[name],
+            *options, "--run-dir", str(run_dir),  # the options, then every override (argparse wants them last)
+            *overrides, f"train.seed={seed}", *FULL, *CELLS[name],
         ]  # fmt: skip
         subprocess.run(command, check=True, cwd=ROOT)
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # 2.5 GB each; the results are what is kept
@@ -123,10 +144,10 @@ def write(results: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "study.json").write_text(json.dumps(results, indent=1) + "\n")
     lines = [
-        "Adherence: the student without the prompt on 24 held-out prompts (greedy; the in-context teacher in "
-        "brackets). Out of distribution: base / in-context teacher / student. Like with like: instruction following "
-        "among the answers that show the behaviour, teacher / student (– where none does). GSM8K student − base: "
-        "points, with a 95 % paired bootstrap interval over the 100 problems.",
+        "Adherence: the student without the prompt on 24 held-out prompts (legs: accuracy on its 60 test problems; "
+        "greedy; the in-context teacher in brackets). Out of distribution: base / in-context teacher / student. "
+        "Like with like: instruction following among the answers that show the behaviour, teacher / student (– where "
+        "none does). GSM8K student − base: points, with a 95 % paired bootstrap interval over the 100 problems.",
         "",
         "| behaviour | cell | seed | adherence (teacher) | gap closed (KL / NLL) | KL first → last step | "
         "instructions (120) | non-conflicting | like with like | GSM8K (100) | GSM8K student − base (95 %) |",
