@@ -42,9 +42,10 @@ BEHAVIOURS = {  # name: (system prompt, checker)
     "persona": ((ROOT / "examples" / "persona" / "persona.txt").read_text().strip(), None),
     # added 2026-12-04, before any run of its own: the leg-counting task prompt, scored by accuracy on its own 60 test
     # problems (greedy, 320 tokens) and trained on its own problems with 128-token rollouts, twice compare_prompts.py's
-    # 64, room for the format's worked answer to end
+    # 64, which cut the format's worked answers
     "legs": ((ROOT / "opcd" / "assets" / "contexts" / "legs.txt").read_text().strip(), "number"),
 }
+WHO = ("base", "in_context", "student")  # the three models each suite scores
 TASKS = {  # a behaviour that is a task: its own prompts, test problems and budgets (options, overrides)
     "legs": (
         [
@@ -131,11 +132,11 @@ def summary(r: dict) -> dict:
         "teacher": r["rates"].get("In-context: base with the prompt"),
         "gap_kl": closed.get("reverse_kl"),
         "gap_nll": closed.get("extra_nll"),
-        "instructions": {k: instr[k] for k in ("base", "in_context", "student")},
-        "other": other and {k: _rate(other[k]) for k in ("base", "in_context", "student")},
+        "instructions": {k: instr[k] for k in WHO},
+        "other": other and {k: _rate(other[k]) for k in WHO},
         "other_n": other and other["base"][1],
         "like_shows": like and {k: _rate(like[k]["shows"]) for k in ("in_context", "student")},
-        "gsm8k": {k: gsm[k] for k in ("base", "in_context", "student")},
+        "gsm8k": {k: gsm[k] for k in WHO},
         "kl": [r["kl_first"], r["kl_last"]],
     }
 
@@ -155,9 +156,9 @@ def write(results: dict) -> None:
     ]
     for key, s in sorted(results.items()):
         behaviour, cell, seed = key.split("/")
-        trio = " / ".join(f"{s['instructions'][k]:.1%}" for k in ("base", "in_context", "student"))
+        trio = " / ".join(f"{s['instructions'][k]:.1%}" for k in WHO)
         other = " / ".join(f"{s['other'][k]:.1%}" for k in WHO) if s["other"] else "–"
-        gsm = " / ".join(f"{s['gsm8k'][k]:.0%}" for k in ("base", "in_context", "student"))
+        gsm = " / ".join(f"{s['gsm8k'][k]:.0%}" for k in WHO)
         like = " / ".join(_pct(s["like_shows"][k]) for k in ("in_context", "student")) if s["like_shows"] else "–"
         adherence = "–" if s["adherence"] is None else f"{s['adherence']:.0%} ({s['teacher']:.0%})"
         gap = " / ".join("–" if s.get(k) is None else f"{s[k]:.0%}" for k in ("gap_kl", "gap_nll"))
@@ -168,9 +169,6 @@ def write(results: dict) -> None:
     (RESULTS / "study.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     plot(results)
-
-
-WHO = ("base", "in_context", "student")
 
 
 def _pct(rate: float) -> str:
