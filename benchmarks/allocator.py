@@ -119,12 +119,17 @@ def table(rows: list[dict]) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['steps']} steps × ≤{r['tokens']} tokens{', LoRA' if _run(r) == 'long lora' else ''} | "
-            f"{r['setting']} | {r['generate_s']:.2f} | "
+            f"| {_label(_run(r))} | {r['setting']} | {r['generate_s']:.2f} | "
             f"{r['teacher_s']:.2f} | {r['student_s']:.2f} | {r['optimizer_s']:.2f} | {r['step_s']:.2f} | "
             f"{r['system_s']:.0f} | {r['minor_faults']:,} | {r['peak_rss_gb']:.2f} | {r['resident_gb'][-1]:.2f} |"
         )
     return "\n".join(lines)
+
+
+def _label(name: str) -> str:
+    """A run's name in the table and the plot: its steps and answer length, and LoRA where it overrides."""
+    steps, tokens, overrides = RUNS[name]
+    return f"{steps} steps × ≤{tokens} tokens{', LoRA' if overrides else ''}"
 
 
 def _run(row: dict) -> str:
@@ -143,12 +148,10 @@ def plot(rows: list[dict], path: Path) -> None:
     axes[0].set_xticks(range(len(rows)), labels, fontsize=7)
     axes[0].set(ylabel="median step time (s)", title="Step time")
     for ax, name in zip(axes[1:], runs, strict=True):
-        steps, tokens, overrides = RUNS[name]
         for r in rows:
             if _run(r) == name:
                 ax.plot(range(1, len(r["resident_gb"]) + 1), r["resident_gb"], marker="o", label=r["setting"])
-        title = f"{steps} steps × ≤{tokens} tokens{', LoRA' if overrides else ''}"
-        ax.set(xlabel="step", ylabel="resident memory after the step (GiB)", title=title)
+        ax.set(xlabel="step", ylabel="resident memory after the step (GiB)", title=_label(name))
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
