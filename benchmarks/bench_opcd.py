@@ -193,6 +193,21 @@ def run_limits(model: str, repeats: int) -> dict:
 
 
 def run_trl(model: str, ctx_tokens: int, steps: int, bf16: bool) -> dict:
+    from transformers import AutoTokenizer
+
+    from opcd.core import models
+
+    path = models.resolve(model)
+    context = context_of(ctx_tokens, AutoTokenizer.from_pretrained(path))
+    times, _ = trl_step_times(path, PROMPTS, context, steps=steps, batch=BATCH, new_tokens=NEW_TOKENS, bf16=bf16)
+    return {"step_s": statistics.median(times[1:]), "peak_mib": peak_mib()}
+
+
+def trl_step_times(
+    path, prompts: list[str], context: str, *, steps: int, batch: int, new_tokens: int, bf16: bool, cpu: bool = True
+) -> tuple[list[float], list[float]]:
+    """TRL's SDFTTrainer doing opcd's work (see the module's docstring) for `steps` steps: each step's seconds and
+    its mean response length in tokens. Also the GPU check's TRL row (`benchmarks/gpu_check.py`, `cpu=False`)."""
     import warnings
 
     warnings.filterwarnings("ignore")
@@ -202,22 +217,22 @@ def run_trl(model: str, ctx_tokens: int, steps: int, bf16: bool) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl.experimental.sdft import SDFTConfig, SDFTTrainer
 
-    from opcd.core import models
-
-    path = models.resolve(model)
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left", truncation_side="left")
-    context = context_of(ctx_tokens, tokenizer)
     student = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     data = Dataset.from_list(
-        [{"prompt": [{"role": "user", "content": p}], "privileged_context": context} for p in PROMPTS]
+        [{"prompt": [{"role": "user", "content": p}], "privileged_context": context} for p in prompts]
     )
     times: list[float] = []
 
     class Timer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
+            if not cpu:
+                torch.cuda.synchronize()
             self.began = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kw):
+            if not cpu:
+                torch.cuda.synchronize()
             times.append(time.perf_counter() - self.began)
 
     args = SDFTConfig(
@@ -230,20 +245,20 @@ def run_trl(model: str, ctx_tokens: int, steps: int, bf16: bool) -> dict:
         teacher_prompt_template="{privileged_context}\n\n{prompt}",
         generate_from_teacher=False,
         num_generations=1,
-        max_completion_length=NEW_TOKENS,
+        max_completion_length=new_tokens,
         temperature=1.0,
         top_p=1.0,
         top_k=0,
         use_vllm=False,
         # TRL cuts prompts (the teacher's too) to their last 512 tokens by default; the same work means no cut
         max_prompt_length=None,
-        per_device_train_batch_size=BATCH,
+        per_device_train_batch_size=batch,
         gradient_accumulation_steps=1,
         learning_rate=1e-5,
         max_steps=steps,
         gradient_checkpointing=False,
         bf16=bf16,
-        use_cpu=True,
+        use_cpu=cpu,
         logging_steps=1,
         save_strategy="no",
         eval_strategy="no",
@@ -252,7 +267,8 @@ def run_trl(model: str, ctx_tokens: int, steps: int, bf16: bool) -> dict:
     )
     trainer = SDFTTrainer(model=student, args=args, train_dataset=data, processing_class=tokenizer, callbacks=[Timer()])
     trainer.train()
-    return {"step_s": statistics.median(times[1:]), "peak_mib": peak_mib()}
+    lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
+    return times, lengths
 
 
 def run_teacher_scoring(model: str, ctx_tokens: int, repeats: int) -> dict:

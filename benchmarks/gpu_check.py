@@ -24,6 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+CONTEXT = "Always answer in French, whatever language the question is in."
+PROMPTS_PER_STEP, NEW_TOKENS, STEPS = 16, 128, 5
 SIZES_1_5B = {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28, "num_attention_heads": 12}
 
 
@@ -86,12 +88,12 @@ def run(name: str, overrides: list[str], work: Path, smoke: bool = False) -> dic
         None,
         [
             "data.prompts=opcd:generic_train",
-            "data.context=Always answer in French, whatever language the question is in.",
+            f"data.context={CONTEXT}",
             "loss.min_kl=0",  # random weights: the context may change little
-            "rollout.max_new_tokens=128",
-            "train.steps=5",
-            "train.prompts_per_step=16",
-            "train.micro_batch_size=16",
+            f"rollout.max_new_tokens={NEW_TOKENS}",
+            f"train.steps={STEPS}",
+            f"train.prompts_per_step={PROMPTS_PER_STEP}",
+            f"train.micro_batch_size={PROMPTS_PER_STEP}",
             "train.lr=1e-5",
             "train.save_every=0",
             "train.report_to=none",
@@ -126,6 +128,47 @@ def run(name: str, overrides: list[str], work: Path, smoke: bool = False) -> dic
     }
 
 
+def run_trl(student: Path, smoke: bool = False) -> dict:
+    """TRL's SDFTTrainer on the same student, prompts, context and lengths as the opcd rows (bf16 autocast over fp32
+    weights, student top-256 reverse KL as `loss.estimator=topk`); its steps are timed as a whole."""
+    import torch
+
+    from benchmarks.bench_opcd import trl_step_times
+    from opcd.core.data import read_jsonl, resolve_path
+
+    batch, new_tokens, steps = (2, 8, 2) if smoke else (PROMPTS_PER_STEP, NEW_TOKENS, STEPS)
+    prompts = [row["prompt"] for _, row in read_jsonl(resolve_path("opcd:generic_train"))][: batch * steps]
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    began = time.time()
+    times, lengths = trl_step_times(
+        student, prompts, CONTEXT, steps=steps, batch=batch, new_tokens=new_tokens, bf16=cuda, cpu=not cuda
+    )
+    step = statistics.median(times[1:])
+    tokens = statistics.median(lengths[1:] or lengths) * batch
+    return {
+        "step_s": step,
+        "train_tokens_per_s": tokens / step,
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),
+        "wall_s": time.time() - began,
+    }
+
+
+TABLE_HEAD = "| run | step s | generate s | teacher s | student s | optimizer s | gen tok/s | train tok/s | peak GiB |"
+
+
+def row_line(r: dict) -> str:
+    if "error" in r:
+        return f"| {r['run']} | failed: {r['error'][:150]} |" + " |" * 7
+    if "generate_s" not in r:  # TRL: one time for the whole step
+        return f"| {r['run']} | {r['step_s']:.2f} | | | | | | {r['train_tokens_per_s']:.0f} | {r['peak_gib']:.1f} |"
+    return (
+        f"| {r['run']} | {r['step_s']:.2f} | {r['generate_s']:.2f} | {r['teacher_s']:.2f} | {r['student_s']:.2f} | "
+        f"{r['optimizer_s']:.2f} | {r['gen_tokens_per_s']:.0f} | {r['train_tokens_per_s']:.0f} | {r['peak_gib']:.1f} |"
+    )
+
+
 def check(assets: Path, out: Path, smoke: bool = False) -> None:
     import importlib.util
 
@@ -138,42 +181,39 @@ def check(assets: Path, out: Path, smoke: bool = False) -> None:
     student, teacher = f"model.student={paths['qwen-0.5b']}", f"model.teacher={paths['qwen-1.5b']}"
     plan = [
         ("0.5B self-distillation, HF generate", [student]),
+        ("0.5B self-distillation, HF generate, top-256 loss (TRL's)", [student, "loss.estimator=topk"]),
+        ("TRL SDFTTrainer, 0.5B self-distillation, top-256 loss", None),
         ("0.5B student + 1.5B teacher, HF generate", [student, teacher]),
     ]
     if importlib.util.find_spec("vllm"):
         plan.append(("0.5B self-distillation, vLLM rollouts", [student, "rollout.engine=vllm"]))
     else:
         print("gpu_check: vLLM is not installed here: the vLLM row is skipped (carry its wheels to include it)")
-    results = []
+    if not importlib.util.find_spec("trl"):
+        print("gpu_check: TRL is not installed here: its row is skipped (carry its wheels, see gpu_check.sh)")
+        plan = [(name, o) for name, o in plan if o is not None]
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "none (smoke run on the CPU)"
+    head = [
+        f"GPU: {device}, torch {torch.__version__}; {PROMPTS_PER_STEP} prompts x <={NEW_TOKENS} tokens per step, "
+        f"median of steps 2-{STEPS}, bf16 autocast, full fine-tuning",
+        "",
+        TABLE_HEAD,
+        "|---" * 9 + "|",
+    ]
+    results: list[dict] = []
+    out.mkdir(parents=True, exist_ok=True)
     for i, (name, overrides) in enumerate(plan):
         print(f"gpu_check: {name} ...", flush=True)
         try:
-            results.append(run(f"run{i}", overrides, work, smoke) | {"run": name})
+            r = run_trl(paths["qwen-0.5b"], smoke) if overrides is None else run(f"run{i}", overrides, work, smoke)
+            results.append(r | {"run": name})
         except Exception as e:  # a failed row is reported, the others still run
             results.append({"run": name, "error": f"{type(e).__name__}: {e}"})
-    head = "| run | step s | generate s | teacher s | student s | optimizer s | gen tok/s | train tok/s | peak GiB |"
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "none (smoke run on the CPU)"
-    lines = [
-        f"GPU: {device}, torch {torch.__version__}; 16 prompts x <=128 tokens per step, "
-        "median of steps 2-5, bf16 autocast, full fine-tuning",
-        "",
-        head,
-        "|---" * 9 + "|",
-    ]
-    for r in results:
-        if "error" in r:
-            lines.append(f"| {r['run']} | failed: {r['error'][:150]} |" + " |" * 7)
-            continue
-        lines.append(
-            f"| {r['run']} | {r['step_s']:.2f} | {r['generate_s']:.2f} | {r['teacher_s']:.2f} | {r['student_s']:.2f} | "
-            f"{r['optimizer_s']:.2f} | {r['gen_tokens_per_s']:.0f} | {r['train_tokens_per_s']:.0f} | "
-            f"{r['peak_gib']:.1f} |"
-        )
-    text = "\n".join(lines)
+        print(row_line(results[-1]), flush=True)
+        text = "\n".join(head + [row_line(r) for r in results])  # written after every row: a cut run keeps its rows
+        (out / "gpu_check.md").write_text(text + "\n")
+        (out / "gpu_check.json").write_text(json.dumps(results, indent=1))
     print(text)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_check.md").write_text(text + "\n")
-    (out / "gpu_check.json").write_text(json.dumps(results, indent=1))
 
 
 def main() -> None:
