@@ -316,13 +316,27 @@ def parser(allocator: str = "") -> argparse.ArgumentParser:
     return p
 
 
+def parse_command_line(argv: list[str], allocator: str = "") -> argparse.Namespace:
+    """The command line, with `section.key=value` overrides allowed anywhere after the subcommand: argparse takes
+    one run of positionals, so overrides split by an option (`a=1 --check x b=2`) come back unrecognized; they are
+    appended in order. Anything else unrecognized is argparse's usual error."""
+    p = parser(allocator)
+    args, extra = p.parse_known_args(bare_resume(argv))
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        p.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:  # the `opcd` command itself: start again under mimalloc where it is installed (core/heap.py)
         relaunch = heap.relaunch_args(sys.argv[1:])
         if relaunch is not None:
             os.execve(relaunch[0][0], *relaunch)
     allocator = heap.configure()
-    args = parser(allocator).parse_args(bare_resume(sys.argv[1:] if argv is None else list(argv)))
+    args = parse_command_line(sys.argv[1:] if argv is None else list(argv), allocator)
     try:
         args.func(args)
     except OpcdError as e:
