@@ -6,7 +6,7 @@
 #                  -d .whl trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 && echo /.whl/ >> .git/info/exclude
 #   (vLLM's own wheel is larger than a call may carry: its row runs only where vLLM is installed)
 #   there:       bash benchmarks/gpu_check.sh          (device run, carry [".gpu_assets", ".whl"])
-# Prints the table and writes gpu_check.{md,json} into $OUT (or runs/gpu_check). About 5-7 minutes on an H200.
+# Prints the table and writes gpu_check.{md,json} into $OUT (or runs/gpu_check). About 3-5 minutes on an H200 (2.5 and 4.5 min with TRL, 2026-12-04).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if compgen -G ".whl/*.whl" > /dev/null; then
