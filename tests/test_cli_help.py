@@ -8,7 +8,7 @@ import argparse
 import pytest
 
 from opcd import __version__
-from opcd.cli import main, parser
+from opcd.cli import main, parse_command_line, parser
 
 COMMANDS = [
     ["train"], ["prepare"], ["distill-prompt"], ["eval"], ["demo"],
@@ -51,8 +51,6 @@ def test_no_option_lacks_its_help_text():
 
 
 def test_overrides_split_by_an_option_are_all_kept_in_order():
-    from opcd.cli import parse_command_line
-
     args = parse_command_line(["distill-prompt", "train.steps=2", "--system-prompt", "x", "train.lr=1e-4", "a.b=1"])
     assert args.overrides == ["train.steps=2", "train.lr=1e-4", "a.b=1"] and args.system_prompt == "x"
     args = parse_command_line(["train", "c.toml", "train.steps=2", "--resume", "train.lr=3"])
@@ -61,8 +59,6 @@ def test_overrides_split_by_an_option_are_all_kept_in_order():
 
 @pytest.mark.parametrize("argv", [["distill-prompt", "--system-prompt", "x", "--nope"], ["eval", "m", "a=1"]])
 def test_what_is_not_an_override_is_still_unrecognized(argv, capsys):
-    from opcd.cli import parse_command_line
-
     with pytest.raises(SystemExit) as done:
         parse_command_line(argv)
     assert done.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
