@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from opcd.config import DataConfig, RolloutConfig
 from opcd.core import models
 from opcd.core.data import Example, load_examples
+from opcd.core.packing import packed_linears
 from opcd.core.prompts import PromptRenderer
 from opcd.core.rollout import HFSampler
 from opcd.tasks import Scorer, build_scorer
@@ -57,10 +58,11 @@ def respond(
     texts: list[str] = []
     finished: list[bool] = []
     starts = range(0, len(prompts), size)
-    for n, start in enumerate(tqdm(starts, desc=desc, unit="batch", disable=desc is None, leave=False)):
-        for ids, done in sampler.generate(prompts[start : start + size], seed + n):
-            texts.append(tokenizer.decode(ids, skip_special_tokens=True))
-            finished.append(done)
+    with packed_linears(model, rows=size):  # the weights packed once for every batch, not once a batch
+        for n, start in enumerate(tqdm(starts, desc=desc, unit="batch", disable=desc is None, leave=False)):
+            for ids, done in sampler.generate(prompts[start : start + size], seed + n):
+                texts.append(tokenizer.decode(ids, skip_special_tokens=True))
+                finished.append(done)
     return texts, finished
 
 

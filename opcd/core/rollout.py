@@ -23,6 +23,7 @@ import torch
 
 from opcd.config import DataConfig, RolloutConfig
 from opcd.core.data import load_examples
+from opcd.core.packing import packed_linears
 from opcd.core.prompts import PromptRenderer, check_lengths
 from opcd.core.scoring import cache_kwarg, decoder_of
 
@@ -186,28 +187,35 @@ class HFSampler:
         # gradient, torch's matmul then copies the whole vocabulary head once per row (2.4x slower sampling of the
         # 0.5B: benchmarks/sampling_head.py), so the head is handed a contiguous copy instead
         hook = self.model.get_output_embeddings().register_forward_pre_hook(_contiguous_input)
+        size = self.batch_size or len(prompts)
+        # the same bits with each weight reordered once per call instead of once per token (not for sharded weights)
+        packing = nullcontext() if self.synced else packed_linears(self.model, rows=min(size, len(prompts)))
         try:
-            results = []
-            size = self.batch_size or len(prompts)
-            for k, start in enumerate(range(0, len(prompts), size)):
-                chunk = first_chunk + k
-                torch.manual_seed(seed if chunk == 0 else seed * 65_537 + chunk)
-                group = prompts[start : start + size]
-                width = max(map(len, group))
-                device = device_of(self.model)
-                ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in group], device=device)
-                mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in group], device=device)
-                with autocast(self.dtype, device):
-                    if self.config.do_sample or self.synced:
-                        out = self.model.generate(
-                            input_ids=ids, attention_mask=mask, generation_config=self.config, synced_gpus=self.synced
-                        )
-                        results += [cut_at_eos(row[width:].tolist(), self.eos_ids) for row in out]
-                    else:
-                        results += [cut_at_eos(row, self.eos_ids) for row in self._greedy(ids, mask)]
+            with packing:
+                results = self._chunks(prompts, seed, first_chunk, size)
         finally:
             hook.remove()
         self.model.train(was_training)
+        return results
+
+    def _chunks(self, prompts: list[list[int]], seed: int, first_chunk: int, size: int) -> list[tuple[list[int], bool]]:
+        results = []
+        for k, start in enumerate(range(0, len(prompts), size)):
+            chunk = first_chunk + k
+            torch.manual_seed(seed if chunk == 0 else seed * 65_537 + chunk)
+            group = prompts[start : start + size]
+            width = max(map(len, group))
+            device = device_of(self.model)
+            ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in group], device=device)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in group], device=device)
+            with autocast(self.dtype, device):
+                if self.config.do_sample or self.synced:
+                    out = self.model.generate(
+                        input_ids=ids, attention_mask=mask, generation_config=self.config, synced_gpus=self.synced
+                    )
+                    results += [cut_at_eos(row[width:].tolist(), self.eos_ids) for row in out]
+                else:
+                    results += [cut_at_eos(row, self.eos_ids) for row in self._greedy(ids, mask)]
         return results
 
     def _greedy(self, ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
