@@ -41,6 +41,11 @@ CELLS = {
     "lora r8": ["model.lora_rank=8", "train.lr=1e-4"],
     # added after `lora r8` learned no French in the defaults study: its 3x rate, the study's `lora r8 lr3e-4`
     "lora r8 lr3e-4": ["model.lora_rank=8", "train.lr=3e-4"],
+    # added 2026-12-04 (night), before their runs: that preset with ε above the null test's adapter gradients (a grad
+    # norm of 0.35-0.39 over its 4.4 M weights is about 1.8e-4 a weight; a behaviour's, 1-2, about 5-10e-4), the clip
+    # off as in the ε cells above
+    "lora r8 lr3e-4 eps1e-4": ["model.lora_rank=8", "train.lr=3e-4", "train.adam_eps=1e-4", "train.max_grad_norm=0"],
+    "lora r8 lr3e-4 eps3e-4": ["model.lora_rank=8", "train.lr=3e-4", "train.adam_eps=3e-4", "train.max_grad_norm=0"],
 }
 
 

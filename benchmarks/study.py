@@ -80,6 +80,9 @@ CELLS = {
     # added 2026-12-04 (evening), before any of its runs: the preset with twice the steps, for the behaviours it
     # under-learned at 20 (brief: 86 % of the teacher's adherence; persona: 45-53 % of the KL gap)
     "lora r8 lr3e-4 x40": ["model.lora_rank=8", "train.lr=3e-4", "train.steps=40"],
+    # added 2026-12-04 (night), before any of its runs, after the null test had held (2.1x on seed 0) with the preset
+    # at Adam's eps 3e-4: does the preset still learn with it? The clip off, as in `eps 1e-4`
+    "lora r8 lr3e-4 eps3e-4": ["model.lora_rank=8", "train.lr=3e-4", "train.adam_eps=3e-4", "train.max_grad_norm=0"],
 }
 
 
