@@ -35,9 +35,10 @@ def _ops():
 
 
 def _matches(weight: Tensor, packed: Tensor, bias: Tensor | None, linear) -> bool:
-    """Whether the packed call gives F.linear's bits on probe inputs of 1, 3 and 2 x 5 rows."""
+    """Whether the packed call gives F.linear's bits on probe inputs of 1, 3, 2 x 5 and 2 x 37 rows (a decoding step, a
+    prompt)."""
     generator = torch.Generator().manual_seed(0)
-    for shape in ((1, weight.shape[1]), (3, weight.shape[1]), (2, 5, weight.shape[1])):
+    for shape in ((1, weight.shape[1]), (3, weight.shape[1]), (2, 5, weight.shape[1]), (2, 37, weight.shape[1])):
         x = torch.randn(*shape, generator=generator).to(torch.bfloat16)
         if not torch.equal(linear(x, packed, bias, "none", [], ""), F.linear(x, weight, bias)):
             return False

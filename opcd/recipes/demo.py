@@ -4,7 +4,8 @@ A fixed `opcd distill-prompt` run at its preset: "answer in French" into Qwen2.5
 rank 8, 20 steps of 8 prompts), scored on 24 held-out prompts for the base model without and with the prompt and
 for the student without it, plus the instruction-following suite for the base, the in-context teacher and the
 student. GSM8K is left out of the demo: in French it measures mostly the behaviour's own cost (docs/methods.md,
-"Retention"), and its 100 held-out problems take 2.5 minutes a model here; `opcd distill-prompt` asks it by default.
+"Retention"), and its 100 held-out problems (answers of up to 256 tokens) would be asked of three models more;
+`opcd distill-prompt` asks it by default.
 The demo checkpoints once, after its last step; re-running a finished demo with the same run directory reuses it
 rather than starting over.
 """
