@@ -15,7 +15,7 @@ weights, once) live only inside the block.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -45,7 +45,7 @@ def _matches(weight: Tensor, packed: Tensor, bias: Tensor | None, linear) -> boo
     return True
 
 
-def _packed_forward(module: nn.Linear, rows: int, ops) -> object | None:
+def _packed_forward(module: nn.Linear, rows: int, ops) -> Callable[[Tensor], Tensor] | None:
     """A forward for `module` that uses its weight packed once (None: keep the module's own forward)."""
     reorder, linear = ops
     weight = module.weight.detach().to(torch.bfloat16)
