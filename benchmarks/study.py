@@ -83,6 +83,14 @@ CELLS = {
     # added 2026-12-04 (night), before any of its runs, after the null test had held (2.1x on seed 0) with the preset
     # at Adam's eps 3e-4: does the preset still learn with it? The clip off, as in `eps 1e-4`
     "lora r8 lr3e-4 eps3e-4": ["model.lora_rank=8", "train.lr=3e-4", "train.adam_eps=3e-4", "train.max_grad_norm=0"],
+    # added 2026-12-04 (late night), before any of its runs: the preset with twice the prompts per step, the same
+    # compute as `x40` spent on less noisy steps instead of more of them (the paper's steps hold 128 prompts)
+    "lora r8 lr3e-4 p16": [
+        "model.lora_rank=8",
+        "train.lr=3e-4",
+        "train.prompts_per_step=16",
+        "train.micro_batch_size=16",
+    ],
 }
 
 
