@@ -24,6 +24,8 @@ from pathlib import Path
 
 from opcd.core.models import cache_dir
 from opcd.recipes.pipeline import paired_interval
+from opcd.tasks.conflicts import conflicts
+from opcd.tasks.ood import instruction_items
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -112,6 +114,30 @@ def _gsm8k_minus_base(r: dict, run_dir: Path) -> list[float] | None:
     return paired_interval(json.loads(base[0].read_text())["passed"], student[0]["passed"])
 
 
+def _other_minus_base(r: dict, run_dir: Path, check: str | None) -> list[float] | None:
+    """The student's difference from the base on the non-conflicting instructions, with its paired 95 % interval:
+    from `results.json` where the run wrote it; for runs measured before, from the stored per-prompt answers (the
+    student's in the run's `eval` folder, the base's in the shared score cache, which must hold exactly one file of
+    the same rate)."""
+    instr = r["ood"]["instructions"]
+    if "other_minus_base" in instr:
+        return instr["other_minus_base"]["student"]
+    if check is None or "conflict_split" not in instr:
+        return None
+
+    def one(paths: list[Path], rate: float) -> dict | None:
+        found = [f for f in (json.loads(p.read_text()) for p in paths) if f.get("n") == 120 and f["rate"] == rate]
+        return found[0] if len(found) == 1 else None
+
+    student = one(sorted((run_dir / "eval").glob("student-ood-instructions-*.json")), instr["student"])
+    base = one(sorted((cache_dir() / "scores").glob("base-ood-instructions-*.json")), instr["base"])
+    if student is None or base is None:
+        return None
+    keep = [not conflicts([check], item) for item in instruction_items(120)]
+    pick = [i for i, k in enumerate(keep) if k]
+    return paired_interval([base["passed"][i] for i in pick], [student["passed"][i] for i in pick])
+
+
 def run_cell(behaviour: str, name: str, seed: int, work: Path) -> dict:
     run_dir = work / f"{behaviour}-{name.replace(' ', '_')}-s{seed}"
     prompt, check = BEHAVIOURS[behaviour]
@@ -127,7 +153,10 @@ def run_cell(behaviour: str, name: str, seed: int, work: Path) -> dict:
         subprocess.run(command, check=True, cwd=ROOT)
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # 2.5 GB each; the results are what is kept
     r = json.loads((run_dir / "results.json").read_text())
-    return summary(r) | {"gsm8k_minus_base": _gsm8k_minus_base(r, run_dir)}
+    return summary(r) | {
+        "gsm8k_minus_base": _gsm8k_minus_base(r, run_dir),
+        "other_minus_base": _other_minus_base(r, run_dir, check),
+    }
 
 
 def _rate(pair: list[int]) -> float:
@@ -162,7 +191,9 @@ def write(results: dict) -> None:
         "Adherence: the student without the prompt on 24 held-out prompts (legs: accuracy on its 60 test problems; "
         "greedy; the in-context teacher in brackets). Out of distribution: base / in-context teacher / student. "
         "Like with like: instruction following among the answers that show the behaviour, teacher / student (– where "
-        "none does). GSM8K student − base: points, with a 95 % paired bootstrap interval over the 100 problems.",
+        "none does). Non-conflicting: base / teacher / student, then (where the per-prompt answers are kept) the "
+        "student − base in points with a 95 % paired bootstrap interval over those prompts. GSM8K student − base: "
+        "points, with a 95 % paired bootstrap interval over the 100 problems.",
         "",
         "| behaviour | cell | seed | adherence (teacher) | gap closed (KL / NLL) | KL first → last step | "
         "instructions (120) | non-conflicting | like with like | GSM8K (100) | GSM8K student − base (95 %) |",
@@ -172,6 +203,8 @@ def write(results: dict) -> None:
         behaviour, cell, seed = key.split("/")
         trio = " / ".join(f"{s['instructions'][k]:.1%}" for k in WHO)
         other = " / ".join(f"{s['other'][k]:.1%}" for k in WHO) if s["other"] else "–"
+        if s.get("other_minus_base"):
+            other += f" ({_interval(s['other_minus_base'])})"
         gsm = " / ".join(f"{s['gsm8k'][k]:.0%}" for k in WHO)
         like = " / ".join(_pct(s["like_shows"][k]) for k in ("in_context", "student")) if s["like_shows"] else "–"
         adherence = "–" if s["adherence"] is None else f"{s['adherence']:.0%} ({s['teacher']:.0%})"

@@ -87,5 +87,11 @@ def test_the_instruction_suite_is_split_into_conflicting_prompts_and_the_others(
     assert split["conflicting"]["base"] == [n, n] and split["other"]["base"] == [6 - n, 6 - n]
     assert split["conflicting"]["student"][0] == sum(p for p, f in zip(passed["student"], flags, strict=True) if f)
     assert "in_context" not in split["other"]
-    table = "\n".join(ood_table({"instructions": {"base": 1.0, "student": 0.5, "n": 6, "conflict_split": split}}))
+    other = ood_results(base, student, None, rule)["instructions"]["other_minus_base"]
+    assert list(other) == ["student"]
+    lost = sum(not p for p, f in zip(passed["student"], flags, strict=True) if not f)
+    assert other["student"][0] == -lost / (6 - n) and other["student"][1] <= other["student"][0] <= other["student"][2]
+    row = {"base": 1.0, "student": 0.5, "n": 6, "conflict_split": split, "other_minus_base": other}
+    table = "\n".join(ood_table({"instructions": row}))
     assert f"| conflicting ({n} prompts) |" in table and f"| other ({6 - n} prompts) |" in table
+    assert f"student − base on the other prompts: {-100 * lost / (6 - n):+.1f} points" in table

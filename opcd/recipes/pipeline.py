@@ -195,7 +195,8 @@ def ood_results(
     """Per suite: base, in-context teacher (when asked) and student rates, each model's difference from the base
     with its paired 95 % interval (`minus_base`); with a behaviour checker, like with like (each model's rate among
     its answers that show the behaviour and among those that do not) and, for the instruction suite, its prompts that
-    conflict with the behaviour apart from the others (`conflict`)."""
+    conflict with the behaviour apart from the others (`conflict`), with each model's paired difference from the base
+    on the others (`other_minus_base`)."""
     out = {}
     for name, s in student.items():
         row = {"base": base["ood"][name]["rate"], "student": s["rate"], "n": s["n"]}
@@ -214,6 +215,12 @@ def ood_results(
                 part: {who: _passes(m["passed"], flags, want) for who, m in measured.items()}
                 for part, want in (("conflicting", True), ("other", False))
             }
+            if not all(flags):  # each model's paired difference from the base on the prompts that measure damage
+                row["other_minus_base"] = {
+                    who: paired_interval(_unflagged(measured["base"]["passed"], flags), _unflagged(m["passed"], flags))
+                    for who, m in measured.items()
+                    if who != "base"
+                }
         if teacher is not None and behaviour is not None:
             row["like_with_like"] = {
                 who: split_by_behaviour(summary["passed"], [behaviour(r) for r in summary["responses"]])
@@ -230,6 +237,10 @@ def paired_interval(base: list[bool], other: list[bool], draws: int = 2000) -> l
     means = diff[np.random.default_rng(0).integers(0, len(diff), (draws, len(diff)))].mean(1)
     low, high = np.percentile(means, [2.5, 97.5])
     return [float(diff.mean()), float(low), float(high)]
+
+
+def _unflagged(passed: list[bool], flags: list[bool]) -> list[bool]:
+    return [ok for ok, flag in zip(passed, flags, strict=True) if not flag]
 
 
 def _passes(passed: list[bool], flags: list[bool], want: bool) -> list[int]:

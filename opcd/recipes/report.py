@@ -112,7 +112,7 @@ def ood_table(ood: dict) -> list[str]:
         ]
     for name, r in ood.items():
         if "conflict_split" in r:
-            lines += conflict_table(name, r["conflict_split"])
+            lines += conflict_table(name, r["conflict_split"], r.get("other_minus_base", {}))
     split = {name: r["like_with_like"] for name, r in ood.items() if "like_with_like" in r}
     if split:
         lines += [
@@ -137,8 +137,9 @@ def _minus_base(r: dict) -> str:
     return f"{difference:+.1f} points ({low:+.1f} to {high:+.1f})"
 
 
-def conflict_table(name: str, split: dict) -> list[str]:
-    """The instruction suite's prompts that conflict with the behaviour, apart from the others."""
+def conflict_table(name: str, split: dict, other_minus_base: dict) -> list[str]:
+    """The instruction suite's prompts that conflict with the behaviour, apart from the others, and each model's
+    paired difference from the base on the others."""
     who = [w for w in ("base", "in_context", "student") if w in split["other"]]
     names = {"base": "base", "in_context": "in-context", "student": "student"}
     rows = [
@@ -153,6 +154,12 @@ def conflict_table(name: str, split: dict) -> list[str]:
         "|---|" + "---|" * len(who),
         *rows,
         "",
+        *[
+            f"{names[w]} − base on the other prompts: {100 * d[0]:+.1f} points (95 % paired interval "
+            f"{100 * d[1]:+.1f} to {100 * d[2]:+.1f})."
+            for w, d in other_minus_base.items()
+        ],
+        *([""] if other_minus_base else []),
     ]
 
 
