@@ -22,8 +22,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from opcd.core.data import Example
 from opcd.core.models import cache_dir
-from opcd.recipes.pipeline import paired_interval
+from opcd.recipes.pipeline import like_interval, paired_interval, split_by_behaviour
+from opcd.tasks import build_scorer
 from opcd.tasks.conflicts import conflicts
 from opcd.tasks.ood import instruction_items
 
@@ -138,6 +140,34 @@ def _other_minus_base(r: dict, run_dir: Path, check: str | None) -> list[float] 
     return paired_interval([base["passed"][i] for i in pick], [student["passed"][i] for i in pick])
 
 
+def _like_minus_teacher(r: dict, run_dir: Path, check: str | None) -> list[float] | None:
+    """Like with like: the student's instruction rate among its answers that show the behaviour minus the teacher's,
+    with a 95 % bootstrap interval over the prompts: from `results.json` where the run wrote it; for runs measured
+    before, from the stored answers (the student's in the run's `eval` folder; the teacher's in the shared score cache,
+    the one file whose rate and like-with-like counts are the run's)."""
+    instr = r["ood"]["instructions"]
+    if "like_minus_teacher" in instr:
+        return instr["like_minus_teacher"]
+    like = instr.get("like_with_like")
+    if check is None or like is None:
+        return None
+    shows = build_scorer([check])
+    flags = lambda f: [bool(shows(x, Example([], "", "ood"))) for x in f["responses"]]  # noqa: E731
+
+    def one(paths: list[Path], who: str) -> tuple[list[bool], list[bool]] | None:
+        found = []
+        for f in (json.loads(p.read_text()) for p in paths):
+            if f.get("n") == 120 and f["rate"] == instr[who] and split_by_behaviour(f["passed"], flags(f)) == like[who]:
+                found.append((f["passed"], flags(f)))
+        return found[0] if len(found) == 1 else None
+
+    student = one(sorted((run_dir / "eval").glob("student-ood-instructions-*.json")), "student")
+    teacher = one(sorted((cache_dir() / "scores").glob("base-ood-in-context-instructions-*.json")), "in_context")
+    if student is None or teacher is None:
+        return None
+    return like_interval(*teacher, *student)
+
+
 def run_cell(behaviour: str, name: str, seed: int, work: Path) -> dict:
     run_dir = work / f"{behaviour}-{name.replace(' ', '_')}-s{seed}"
     prompt, check = BEHAVIOURS[behaviour]
@@ -156,6 +186,7 @@ def run_cell(behaviour: str, name: str, seed: int, work: Path) -> dict:
     return summary(r) | {
         "gsm8k_minus_base": _gsm8k_minus_base(r, run_dir),
         "other_minus_base": _other_minus_base(r, run_dir, check),
+        "like_minus_teacher": _like_minus_teacher(r, run_dir, check),
     }
 
 
@@ -191,7 +222,8 @@ def write(results: dict) -> None:
         "Adherence: the student without the prompt on 24 held-out prompts (legs: accuracy on its 60 test problems; "
         "greedy; the in-context teacher in brackets). Out of distribution: base / in-context teacher / student. "
         "Like with like: instruction following among the answers that show the behaviour, teacher / student (– where "
-        "none does). Non-conflicting: base / teacher / student, then (where the per-prompt answers are kept) the "
+        "none does), then (where the answers are kept) student − teacher in points with a 95 % bootstrap interval "
+        "over the prompts. Non-conflicting: base / teacher / student, then (where the per-prompt answers are kept) the "
         "student − base in points with a 95 % paired bootstrap interval over those prompts. GSM8K student − base: "
         "points, with a 95 % paired bootstrap interval over the 100 problems.",
         "",
@@ -207,6 +239,8 @@ def write(results: dict) -> None:
             other += f" ({_interval(s['other_minus_base'])})"
         gsm = " / ".join(f"{s['gsm8k'][k]:.0%}" for k in WHO)
         like = " / ".join(_pct(s["like_shows"][k]) for k in ("in_context", "student")) if s["like_shows"] else "–"
+        if s.get("like_minus_teacher"):
+            like += f" ({_interval(s['like_minus_teacher'])})"
         adherence = "–" if s["adherence"] is None else f"{s['adherence']:.0%} ({s['teacher']:.0%})"
         gap = " / ".join("–" if s.get(k) is None else f"{s[k]:.0%}" for k in ("gap_kl", "gap_nll"))
         lines.append(

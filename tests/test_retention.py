@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from opcd.recipes.pipeline import ood_results, paired_interval, split_by_behaviour
+from opcd.recipes.pipeline import like_interval, ood_results, paired_interval, split_by_behaviour
 from opcd.recipes.report import ood_table
 from opcd.tasks.conflicts import conflicting_ids, conflicts
 from opcd.tasks.ood import OodItem, instruction_items
@@ -31,9 +31,22 @@ def test_three_rates_and_like_with_like_per_suite():
         "in_context": {"shows": [1, 2], "not": [1, 2]},
         "student": {"shows": [1, 3], "not": [1, 1]},
     }
+    assert row["like_minus_teacher"][0] == 1 / 3 - 1 / 2
     table = "\n".join(ood_table({"gsm8k": row}))
     assert "| gsm8k (4) | 50.0% | 50.0% | 50.0% | +0.0 points (-100.0 to +100.0) |" in table
-    assert "| gsm8k | 50.0% (1/2) | 33.3% (1/3) | 50.0% (1/2) | 100.0% (1/1) |" in table
+    assert "| gsm8k | 50.0% (1/2) | 33.3% (1/3) | 50.0% (1/2) | 100.0% (1/1) | -16.7 (" in table
+
+
+def test_like_with_like_has_an_interval_over_the_prompts_both_models_answered():
+    shows = [True] * 60 + [False] * 40
+    teacher = [True] * 30 + [False] * 30 + [True] * 20 + [False] * 20  # 50 % among its answers that show it
+    worse = [True] * 15 + [False] * 45 + [True] * 20 + [False] * 20  # 25 %: a real loss on the same kind
+    difference, low, high = like_interval(teacher, shows, worse, shows)
+    assert difference == -0.25 and low < -0.25 < high < 0
+    other = [i % 2 == 0 for i in range(60)] + [False] * 40  # the same 50 % on other prompts: within noise
+    difference, low, high = like_interval(teacher, shows, other, shows)
+    assert difference == 0 and low < 0 < high
+    assert like_interval(teacher, shows, worse, [False] * 100) is None  # the student never shows the behaviour
 
 
 def test_without_a_checker_or_a_shared_context_only_what_was_measured_is_shown():

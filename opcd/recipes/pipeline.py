@@ -222,10 +222,15 @@ def ood_results(
                     if who != "base"
                 }
         if teacher is not None and behaviour is not None:
-            row["like_with_like"] = {
-                who: split_by_behaviour(summary["passed"], [behaviour(r) for r in summary["responses"]])
-                for who, summary in (("in_context", teacher), ("student", s))
+            shows = {
+                who: [behaviour(r) for r in m["responses"]] for who, m in (("in_context", teacher), ("student", s))
             }
+            row["like_with_like"] = {
+                who: split_by_behaviour(m["passed"], shows[who]) for who, m in (("in_context", teacher), ("student", s))
+            }
+            row["like_minus_teacher"] = like_interval(
+                teacher["passed"], shows["in_context"], s["passed"], shows["student"]
+            )
         out[name] = row
     return out
 
@@ -237,6 +242,22 @@ def paired_interval(base: list[bool], other: list[bool], draws: int = 2000) -> l
     means = diff[np.random.default_rng(0).integers(0, len(diff), (draws, len(diff)))].mean(1)
     low, high = np.percentile(means, [2.5, 97.5])
     return [float(diff.mean()), float(low), float(high)]
+
+
+def like_interval(
+    teacher: list[bool], teacher_shows: list[bool], student: list[bool], student_shows: list[bool], draws: int = 2000
+) -> list[float] | None:
+    """Like with like: the student's rate among its answers that show the behaviour minus the teacher's among its own,
+    with a 95 % bootstrap interval (prompts resampled, both models' answers to a prompt kept together; a fixed seed):
+    [difference, low, high], or None where either model never shows the behaviour."""
+    t, ts, u, us = (np.asarray(x, dtype=float) for x in (teacher, teacher_shows, student, student_shows))
+    if not ts.any() or not us.any():
+        return None
+    pick = np.random.default_rng(0).integers(0, len(t), (draws, len(t)))
+    with np.errstate(invalid="ignore", divide="ignore"):  # a draw where one model shows nothing: left out (NaN)
+        diffs = (u * us)[pick].sum(1) / us[pick].sum(1) - (t * ts)[pick].sum(1) / ts[pick].sum(1)
+    low, high = np.nanpercentile(diffs, [2.5, 97.5])
+    return [float((u * us).sum() / us.sum() - (t * ts).sum() / ts.sum()), float(low), float(high)]
 
 
 def _unflagged(passed: list[bool], flags: list[bool]) -> list[bool]:

@@ -117,13 +117,18 @@ def ood_table(ood: dict) -> list[str]:
     if split:
         lines += [
             "Like with like: each suite's rate among the answers that show the behaviour (by the checker) and among "
-            "those that do not. The student is damaged only where it does worse than the teacher on the same kind.",
+            "those that do not. The student is damaged only where it does worse than the teacher on the same kind "
+            "(last column: student − in-context among the answers that show it, in points, with a 95 % bootstrap "
+            "interval over the prompts).",
             "",
-            "| suite | in-context, shows it | student, shows it | in-context, does not | student, does not |",
-            "|---|---|---|---|---|",
+            "| suite | in-context, shows it | student, shows it | in-context, does not | student, does not | "
+            "student − in-context, shows it |",
+            "|---|---|---|---|---|---|",
         ]
         for name, s in split.items():
             cells = [_count(s[who][kind]) for kind in ("shows", "not") for who in ("in_context", "student")]
+            d = ood[name].get("like_minus_teacher")
+            cells.append("–" if d is None else f"{100 * d[0]:+.1f} ({100 * d[1]:+.1f} to {100 * d[2]:+.1f})")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
