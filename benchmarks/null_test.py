@@ -46,6 +46,15 @@ CELLS = {
     # off as in the ε cells above
     "lora r8 lr3e-4 eps1e-4": ["model.lora_rank=8", "train.lr=3e-4", "train.adam_eps=1e-4", "train.max_grad_norm=0"],
     "lora r8 lr3e-4 eps3e-4": ["model.lora_rank=8", "train.lr=3e-4", "train.adam_eps=3e-4", "train.max_grad_norm=0"],
+    # added 2026-12-04 (late night), before its runs, with the defaults study's cell of the same name: twice the prompts
+    # a step. Adam's step on pure noise does not shrink with the batch (its first moment and the root of its second
+    # both scale with the noise), so the drift is expected to stay; a smaller drift would refute that account
+    "lora r8 lr3e-4 p16": [
+        "model.lora_rank=8",
+        "train.lr=3e-4",
+        "train.prompts_per_step=16",
+        "train.micro_batch_size=16",
+    ],
 }
 
 
