@@ -20,16 +20,20 @@ import argparse
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
-from opcd.core.data import Example
-from opcd.core.models import cache_dir
-from opcd.recipes.pipeline import like_interval, paired_interval, split_by_behaviour
-from opcd.tasks import build_scorer
-from opcd.tasks.conflicts import conflicts
-from opcd.tasks.ood import instruction_items
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.study_goal import goal_rows  # noqa: E402
+from opcd.core.data import Example  # noqa: E402
+from opcd.core.models import cache_dir  # noqa: E402
+from opcd.recipes.pipeline import like_interval, paired_interval, split_by_behaviour  # noqa: E402
+from opcd.tasks import build_scorer  # noqa: E402
+from opcd.tasks.conflicts import conflicts  # noqa: E402
+from opcd.tasks.ood import instruction_items  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 BEHAVIOURS = {  # name: (system prompt, checker)
     "french": ("Always answer in French, whatever language the question is in.", "language:fr"),
@@ -247,6 +251,7 @@ def write(results: dict) -> None:
             f"| {behaviour} | {cell} | {seed} | {adherence} | {gap} | {s['kl'][0]:.3f} → {s['kl'][1]:.3f} | "
             f"{trio} | {other} | {like} | {gsm} | {_interval(s.get('gsm8k_minus_base'))} |"
         )
+    lines += ["", *goal_rows(results)]
     (RESULTS / "study.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     plot(results)
