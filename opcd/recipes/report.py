@@ -160,7 +160,7 @@ def conflict_table(name: str, split: dict, other_minus_base: dict) -> list[str]:
         *rows,
         "",
         *[
-            f"{names[w]} − base on the other prompts: {100 * d[0]:+.1f} points (95 % paired interval "
+            f"{names[w].capitalize()} − base on the other prompts: {100 * d[0]:+.1f} points (95 % paired interval "
             f"{100 * d[1]:+.1f} to {100 * d[2]:+.1f})."
             for w, d in other_minus_base.items()
         ],
