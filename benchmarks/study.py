@@ -21,6 +21,7 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,13 +131,8 @@ def _other_minus_base(r: dict, run_dir: Path, check: str | None) -> list[float] 
         return instr["other_minus_base"]["student"]
     if check is None or "conflict_split" not in instr:
         return None
-
-    def one(paths: list[Path], rate: float) -> dict | None:
-        found = [f for f in (json.loads(p.read_text()) for p in paths) if f.get("n") == 120 and f["rate"] == rate]
-        return found[0] if len(found) == 1 else None
-
-    student = one(sorted((run_dir / "eval").glob("student-ood-instructions-*.json")), instr["student"])
-    base = one(sorted((cache_dir() / "scores").glob("base-ood-instructions-*.json")), instr["base"])
+    student = _stored(run_dir / "eval", "student-ood-instructions", lambda f: f["rate"] == instr["student"])
+    base = _stored(cache_dir() / "scores", "base-ood-instructions", lambda f: f["rate"] == instr["base"])
     if student is None or base is None:
         return None
     keep = [not conflicts([check], item) for item in instruction_items(120)]
@@ -157,19 +153,22 @@ def _like_minus_teacher(r: dict, run_dir: Path, check: str | None) -> list[float
         return None
     shows = build_scorer([check])
     flags = lambda f: [bool(shows(x, Example([], "", "ood"))) for x in f["responses"]]  # noqa: E731
-
-    def one(paths: list[Path], who: str) -> tuple[list[bool], list[bool]] | None:
-        found = []
-        for f in (json.loads(p.read_text()) for p in paths):
-            if f.get("n") == 120 and f["rate"] == instr[who] and split_by_behaviour(f["passed"], flags(f)) == like[who]:
-                found.append((f["passed"], flags(f)))
-        return found[0] if len(found) == 1 else None
-
-    student = one(sorted((run_dir / "eval").glob("student-ood-instructions-*.json")), "student")
-    teacher = one(sorted((cache_dir() / "scores").glob("base-ood-in-context-instructions-*.json")), "in_context")
+    same = lambda who: lambda f: f["rate"] == instr[who] and split_by_behaviour(f["passed"], flags(f)) == like[who]  # noqa: E731
+    student = _stored(run_dir / "eval", "student-ood-instructions", same("student"))
+    teacher = _stored(cache_dir() / "scores", "base-ood-in-context-instructions", same("in_context"))
     if student is None or teacher is None:
         return None
-    return like_interval(*teacher, *student)
+    return like_interval(teacher["passed"], flags(teacher), student["passed"], flags(student))
+
+
+def _stored(folder: Path, prefix: str, match: Callable[[dict], bool]) -> dict | None:
+    """The one stored answer file of the 120 instruction prompts in `folder` that `match` accepts, or None (none, or
+    more than one)."""
+    found = [
+        f for f in (json.loads(p.read_text()) for p in sorted(folder.glob(f"{prefix}-*.json"))) if f.get("n") == 120
+    ]
+    found = [f for f in found if match(f)]
+    return found[0] if len(found) == 1 else None
 
 
 def run_cell(behaviour: str, name: str, seed: int, work: Path) -> dict:

@@ -107,4 +107,4 @@ def test_the_instruction_suite_is_split_into_conflicting_prompts_and_the_others(
     row = {"base": 1.0, "student": 0.5, "n": 6, "conflict_split": split, "other_minus_base": other}
     table = "\n".join(ood_table({"instructions": row}))
     assert f"| conflicting ({n} prompts) |" in table and f"| other ({6 - n} prompts) |" in table
-    assert f"Student − base on the other prompts: {-100 * lost / (6 - n):+.1f} points" in table
+    assert f"Student − base on the other prompts: {-100 * lost / (6 - n):+.1f} points (" in table

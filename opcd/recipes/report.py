@@ -128,7 +128,7 @@ def ood_table(ood: dict) -> list[str]:
         for name, s in split.items():
             cells = [_count(s[who][kind]) for kind in ("shows", "not") for who in ("in_context", "student")]
             d = ood[name].get("like_minus_teacher")
-            cells.append("–" if d is None else f"{100 * d[0]:+.1f} ({100 * d[1]:+.1f} to {100 * d[2]:+.1f})")
+            cells.append("–" if d is None else _points(d))
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
@@ -138,8 +138,13 @@ def _minus_base(r: dict) -> str:
     """The student's difference from the base in points, with its paired 95 % interval where it was measured."""
     if "minus_base" not in r:  # results written before the interval was measured
         return f"{100 * (r['student'] - r['base']):+.1f} points"
-    difference, low, high = (100 * v for v in r["minus_base"]["student"])
-    return f"{difference:+.1f} points ({low:+.1f} to {high:+.1f})"
+    return _points(r["minus_base"]["student"], " points")
+
+
+def _points(d: list[float], unit: str = "") -> str:
+    """[difference, low, high] as points with the interval: `-4.5 points (-12.0 to +3.0)` for unit " points"."""
+    difference, low, high = (100 * v for v in d)
+    return f"{difference:+.1f}{unit} ({low:+.1f} to {high:+.1f})"
 
 
 def conflict_table(name: str, split: dict, other_minus_base: dict) -> list[str]:
@@ -160,8 +165,7 @@ def conflict_table(name: str, split: dict, other_minus_base: dict) -> list[str]:
         *rows,
         "",
         *[
-            f"{names[w].capitalize()} − base on the other prompts: {100 * d[0]:+.1f} points (95 % paired interval "
-            f"{100 * d[1]:+.1f} to {100 * d[2]:+.1f})."
+            f"{names[w].capitalize()} − base on the other prompts: {_points(d, ' points')}, a 95 % paired interval."
             for w, d in other_minus_base.items()
         ],
         *([""] if other_minus_base else []),
