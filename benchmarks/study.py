@@ -100,6 +100,9 @@ CELLS = {
         "train.prompts_per_step=16",
         "train.micro_batch_size=16",
     ],
+    # added 2026-12-05 (00:55), before any of its runs, after `x40` had closed 60-69 % of the persona's gap (20 steps:
+    # 45-53 %): does the gap keep closing with steps? Run on the persona only
+    "lora r8 lr3e-4 x80": ["model.lora_rank=8", "train.lr=3e-4", "train.steps=80"],
 }
 
 
