@@ -103,7 +103,14 @@ CELLS = {
     # added 2026-12-05 (00:55), before any of its runs, after `x40` had closed 60-69 % of the persona's gap (20 steps:
     # 45-53 %): does the gap keep closing with steps? Run on the persona only
     "lora r8 lr3e-4 x80": ["model.lora_rank=8", "train.lr=3e-4", "train.steps=80"],
+    # added 2026-12-05 (02:10), before any of its runs: `x40` with the step chosen on the 40 validation prompts
+    # (`opcd:generic_val`, written today, disjoint from the training and test prompts) from checkpoints 10, 20, 30 and
+    # 40: the earliest within one standard error of the best adherence (`--select earliest`), so that a behaviour
+    # learned by step 20 keeps what the later steps cost. Run on the checker behaviours with generic prompts (french,
+    # numbered, brief); the persona's validation score would be its gap
+    "lora r8 lr3e-4 x40 val": ["model.lora_rank=8", "train.lr=3e-4", "train.steps=40"],
 }
+CELL_OPTIONS = {"lora r8 lr3e-4 x40 val": ["--validation-prompts", "opcd:generic_val", "--select", "earliest"]}
 
 
 def _gsm8k_minus_base(r: dict, run_dir: Path) -> list[float] | None:
@@ -183,7 +190,7 @@ def run_cell(behaviour: str, name: str, seed: int, work: Path) -> dict:
         command = [
             str(ROOT / ".venv" / "bin" / "opcd"), "distill-prompt", "--system-prompt", prompt,
             *(["--check", check] if check else []),
-            *options, "--run-dir", str(run_dir),
+            *options, *CELL_OPTIONS.get(name, []), "--run-dir", str(run_dir),
             *overrides, f"train.seed={seed}", *FULL, *CELLS[name],
         ]  # fmt: skip
         subprocess.run(command, check=True, cwd=ROOT)

@@ -107,6 +107,7 @@ def distill(
     scorer: Callable[[str], bool] | Sequence[str] | None = None,
     test_prompts=None,
     validation_prompts=None,
+    select: str = "best",
     run_dir: str = "runs/distill",
     config: str | None = None,
     ood: bool = True,
@@ -122,6 +123,8 @@ def distill(
     - `scorer`: a `str -> bool` callable, or checker/grader specs (`["language:fr"]`); None measures the context gap
       only (it is always measured).
     - `test_prompts`: held-out prompts (default: the last 10 %, at least 4, of `prompts`).
+    - `validation_prompts`: choose the checkpoint on these (default: the last one); `select`: `best` on them (ties:
+      the later) or `earliest` within one standard error of the best.
     - `**sections`: config values by section, e.g. `train={"steps": 10, "lr": 3e-4}, rollout={"max_new_tokens": 64}`
       (over the CPU preset, or over `config`)."""
     run = Path(run_dir)
@@ -155,6 +158,7 @@ def distill(
         test_prompts=_write_prompts(test_prompts, inputs / "test"),
         test_max=0,
         validation_prompts="" if validation_prompts is None else _write_prompts(validation_prompts, inputs / "val"),
+        select=select,
         ood=dict(OOD_DEFAULT) if ood else {},
         base_cache=str(run / "eval") if custom else "",  # a Python scorer has no stable name to share scores by
     )

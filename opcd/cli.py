@@ -157,6 +157,7 @@ def _distill(args) -> None:
         test_prompts=args.test_prompts,
         test_max=args.test_max,
         validation_prompts=args.validation_prompts,
+        select=args.select,
         rollout=_eval_rollout(args),
         ood=_ood_suites(args),
         private_context=args.private_context,
@@ -228,6 +229,13 @@ def _add_distill_prompt(sub) -> None:
     dp.add_argument("--test-prompts", default="opcd:generic_eval", help="held-out prompts, disjoint from --prompts")
     dp.add_argument("--test-max", type=int, default=24, help="use the first N held-out prompts (0 = all)")
     dp.add_argument("--validation-prompts", default="", help="pick the checkpoint on these (default: the last one)")
+    dp.add_argument(
+        "--select",
+        choices=("best", "earliest"),
+        default="best",
+        help="with --validation-prompts: the best checkpoint (ties: the later) or the earliest within one standard "
+        "error of the best (fewer updates for as good a score)",
+    )
     dp.add_argument("--method", choices=["opcd", "offpolicy", "sft"], help="default opcd")
     dp.add_argument("--config", help="TOML config to start from instead of the CPU-sized preset")
     dp.add_argument("--run-dir", help="default runs/distill")

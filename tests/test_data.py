@@ -70,11 +70,15 @@ def test_missing_files_and_empty_context(tmp_path):
         load_examples(DataConfig(prompts=path, context_file=str(tmp_path / "none.txt")))
 
 
+SPLITS = ("train", "val", "eval")
+
+
 def test_bundled_prompt_sets_are_disjoint():
-    train = load_examples(DataConfig(prompts="opcd:generic_train", context="c"))
-    held_out = load_examples(DataConfig(prompts="opcd:generic_eval", context="c"))
-    assert len(train) >= 150 and len(held_out) >= 50
-    assert not {e.messages[0]["content"] for e in train} & {e.messages[0]["content"] for e in held_out}
+    sets = {name: load_examples(DataConfig(prompts=f"opcd:generic_{name}", context="c")) for name in SPLITS}
+    assert len(sets["train"]) >= 150 and len(sets["eval"]) >= 50 and len(sets["val"]) == 40
+    texts = {name: {e.messages[0]["content"].lower() for e in found} for name, found in sets.items()}
+    for a, b in (("train", "eval"), ("train", "val"), ("val", "eval")):
+        assert not texts[a] & texts[b], (a, b)
     with pytest.raises(OpcdError, match="no bundled prompt set 'opcd:nope'"):
         load_examples(DataConfig(prompts="opcd:nope", context="c"))
 

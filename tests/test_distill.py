@@ -110,6 +110,30 @@ def test_checkpoint_is_selected_on_validation_never_on_test(tiny_model, prompts_
     assert "validation" in chosen["rule"]
 
 
+def test_the_earliest_rule_takes_the_first_checkpoint_within_one_standard_error_of_the_best(tmp_path):
+    from opcd.recipes.pipeline import best_checkpoint, rate_margin
+
+    found = [(step, tmp_path / str(step)) for step in (10, 20, 30, 40)]
+    rates = {10: 0.70, 20: 0.925, 30: 0.90, 40: 0.95}
+    score = lambda step, path: rates[step]  # noqa: E731
+    assert best_checkpoint(found, score)[0] == 40  # the best
+    margin = lambda best: rate_margin(best, 40)  # noqa: E731  # 0.034 at 0.95 on 40 prompts
+    step, path, seen = best_checkpoint(found, score, margin)
+    assert step == 20 and path == tmp_path / "20" and seen == rates  # 0.925 is within it, 0.70 is not
+    assert best_checkpoint(found, lambda step, path: 1.0, margin)[0] == 10  # all perfect: the first
+    assert best_checkpoint(found, lambda step, path: 1.0)[0] == 40  # ties: the later
+    assert rate_margin(1.0, 40) == 0.0 and rate_margin(0.5, 0) == 0.0
+
+
+def test_the_earliest_rule_needs_a_validation_split(tiny_model, prompts_file, tmp_path):
+    cfg = _cfg(tiny_model, prompts_file, tmp_path / "run")
+    with pytest.raises(OpcdError, match="--select earliest .* give --validation-prompts"):
+        distill_prompt(cfg, _plan(select="earliest"))
+    with pytest.raises(OpcdError, match="select='first': choose 'best' or 'earliest'"):
+        distill_prompt(cfg, _plan(select="first", validation_prompts="opcd:generic_val"))
+    assert not (tmp_path / "run").exists()
+
+
 def test_overlapping_test_or_validation_prompts_are_refused_before_any_work(tiny_model, prompts_file, tmp_path):
     cfg = _cfg(tiny_model, prompts_file, tmp_path / "run")
     with pytest.raises(OpcdError, match="evaluation prompt.* also appear in the training prompts"):

@@ -10,12 +10,14 @@ from opcd.config import Config
 from opcd.core import models
 from opcd.core.data import shared_context
 from opcd.games.episodes import VALIDATION_SEEDS, game_renderer, success_rate
+from opcd.recipes.pipeline import rate_margin
 
 
 class GameYardstick:
     metric = "success"
     scorer = ["success"]
     last_rule = "last checkpoint"
+    select = "best"  # on validation; ties: the later step
     gap_key = None  # a game's turns are not one prompt and answer: no context gap
     behaviour = None  # success is the whole score: no behaviour to look for in other answers
     conflict = None
@@ -62,6 +64,9 @@ class GameYardstick:
 
     def validate(self, model_path: str, label: str) -> float:
         return self._rate(model_path, False, VALIDATION_SEEDS, self.validation_n, label)["rate"]
+
+    def margin(self, best: float) -> float:
+        return rate_margin(best, self.validation_n)
 
     def answers(self, base: dict, student: dict) -> list[tuple[str, str, str]]:
         return []  # the episodes are not kept; their success is the whole score

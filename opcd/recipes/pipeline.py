@@ -57,6 +57,7 @@ class Yardstick(Protocol):
     test: dict  # {"prompts": what the test split is, "n": its size}
     key: dict  # what the test scores depend on besides the model (the cache key)
     validation: str  # the validation split, as the selection rule names it ("" = report the last checkpoint)
+    select: str  # "best" on validation (ties: the later step) or "earliest" within one standard error of the best
     last_rule: str  # how the rule reads when there is no validation split
     validation_key: dict  # what the validation scores depend on besides the model
     renderer: PromptRenderer  # renders the out-of-distribution prompts (the plain chat template)
@@ -70,6 +71,9 @@ class Yardstick(Protocol):
     def validate(self, model_path: str, label: str) -> float:
         """The model's score on the validation split, without the context (higher is better)."""
 
+    def margin(self, best: float) -> float:
+        """One standard error of the validation score `best` (how far below it a checkpoint still counts as good)."""
+
     def gap(self, model_path: str, teacher_samples: list | None) -> dict:
         """The context gap on the test split (`opcd.core.gap`), with the teacher's samples it was measured on."""
 
@@ -77,11 +81,25 @@ class Yardstick(Protocol):
         """(prompt, base answer, student answer) examples for the report; [] for none."""
 
 
-def best_checkpoint(found: list[tuple[int, Path]], score: Callable[[int, Path], float]) -> tuple[int, Path, dict]:
-    """The checkpoint with the best `score(step, path)` (ties: the later one), and every checkpoint's score."""
+def best_checkpoint(
+    found: list[tuple[int, Path]],
+    score: Callable[[int, Path], float],
+    margin: Callable[[float], float] | None = None,
+) -> tuple[int, Path, dict]:
+    """The checkpoint with the best `score(step, path)` (ties: the later one) or, given `margin`, the earliest whose
+    score is within `margin(best)` of the best (fewer updates for as good a score); and every checkpoint's score."""
     rates = {step: score(step, path) for step, path in found}
-    best = max(rates, key=lambda s: (rates[s], s))
+    if margin is None:
+        best = max(rates, key=lambda s: (rates[s], s))
+    else:
+        top = max(rates.values())
+        best = min(s for s, rate in rates.items() if rate >= top - margin(top) - 1e-12)
     return best, dict(found)[best], rates
+
+
+def rate_margin(rate: float, n: int) -> float:
+    """One standard error of a rate measured on `n` items (0 without items)."""
+    return (rate * (1 - rate) / n) ** 0.5 if n else 0.0
 
 
 def weights_mtime(model_dir: Path) -> float:
@@ -90,7 +108,8 @@ def weights_mtime(model_dir: Path) -> float:
 
 
 def choose_checkpoint(run: Path, yard: Yardstick) -> tuple[int, Path, dict]:
-    """The checkpoint to report: the last, or the best on the validation split (ties: the later one)."""
+    """The checkpoint to report: the last, or the best on the validation split (ties: the later one), or the earliest
+    within one standard error of that best (`yard.select == "earliest"`)."""
     found = list_checkpoints(run)
     if not found:
         raise OpcdError(f"{run} has no checkpoint to evaluate")
@@ -104,8 +123,13 @@ def choose_checkpoint(run: Path, yard: Yardstick) -> tuple[int, Path, dict]:
             run / "eval", f"validation-{step}", key, lambda: yard.validate(str(path / "model"), f"step {step}")
         )
 
-    best, path, rates = best_checkpoint(found, score)
-    return best, path, {"rule": f"best on {yard.validation}", "validation_rates": rates}
+    if yard.select == "earliest":
+        best, path, rates = best_checkpoint(found, score, yard.margin)
+        rule = f"the earliest within one standard error of the best on {yard.validation}"
+    else:
+        best, path, rates = best_checkpoint(found, score)
+        rule = f"best on {yard.validation}"
+    return best, path, {"rule": rule, "validation_rates": rates}
 
 
 def measure_ood(model_path: str, cfg: Config, suites: dict, renderer: PromptRenderer, context: str = "") -> dict:

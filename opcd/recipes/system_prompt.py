@@ -26,7 +26,7 @@ from opcd.core.teachers import Teacher
 from opcd.errors import OpcdError
 from opcd.evaluate import score
 from opcd.io import cached
-from opcd.recipes.pipeline import OOD_DEFAULT, distill_and_measure, preflight, teacher_model
+from opcd.recipes.pipeline import OOD_DEFAULT, distill_and_measure, preflight, rate_margin, teacher_model
 from opcd.tasks import build_scorer, is_grader
 from opcd.tasks.conflicts import conflicting_ids, conflicts
 
@@ -60,6 +60,7 @@ class EvalPlan:
     test_max: int = 24  # first N test prompts (0 = all)
     validation_prompts: str = ""  # select the checkpoint on these (never on the test prompts); "" = last checkpoint
     validation_max: int = 0
+    select: str = "best"  # on validation: "best" (ties: the later step) or "earliest" within one standard error of it
     rollout: RolloutConfig = RolloutConfig.greedy(48)
     ood: dict = field(default_factory=lambda: dict(OOD_DEFAULT))  # {} = no out-of-distribution suites
     keep_weights: bool = True  # False: delete the checkpoints after evaluation (sweeps on a small disk)
@@ -90,6 +91,11 @@ class PromptYardstick:
         test = _split(cfg, plan.test_prompts, plan.test_max)
         self.held_out = load_examples(test)
         check_disjoint(train_examples, self.held_out, cfg.data.prompts, plan.test_prompts)
+        if plan.select not in ("best", "earliest"):
+            raise OpcdError(f"select={plan.select!r}: choose 'best' or 'earliest'")
+        if plan.select == "earliest" and not plan.validation_prompts:
+            raise OpcdError("--select earliest chooses among checkpoints on validation: give --validation-prompts too")
+        self.select = plan.select
         self.validation_examples: list[Example] = []
         self.validation, self.validation_key = "", {}
         if plan.validation_prompts:
@@ -222,6 +228,10 @@ class PromptYardstick:
         )
         gap = self.gap(model_path, teacher, "validation")
         return -(gap["reverse_kl"] + gap["extra_nll"])
+
+    def margin(self, best: float) -> float:
+        """A rate's standard error on the validation prompts; 0 for the context gap (the best, ties: the earliest)."""
+        return rate_margin(best, len(self.validation_examples)) if self.score_fn is not None else 0.0
 
     def answers(self, base: dict, student: dict) -> list[tuple[str, str, str]]:
         return [
