@@ -280,6 +280,8 @@ def plot(results: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    colour = matplotlib.colormaps["tab20"]  # one colour a cell: there are more cells than the default cycle's ten
+
     behaviours = sorted({key.split("/")[0] for key in results})
     fig, axes = plt.subplots(2, len(behaviours), figsize=(5 * len(behaviours), 8), squeeze=False)
     for column, behaviour in enumerate(behaviours):
@@ -291,12 +293,12 @@ def plot(results: dict) -> None:
                 continue
             x = [100 * _x(s) for s in runs]
             y = [100 * (_y(s)["student"] - _y(s)["base"]) for s in runs]
-            top.scatter(x, y, color=f"C{i}", label=cell, s=50, alpha=0.8)
+            top.scatter(x, y, color=colour(i), label=cell, s=50, alpha=0.8)
             for k, s in enumerate(runs):  # one column per cell, seeds side by side
                 d = s.get("gsm8k_minus_base")
                 if d is not None:
                     low, high = 100 * (d[0] - d[1]), 100 * (d[2] - d[0])
-                    bottom.errorbar(i + 0.2 * k, 100 * d[0], yerr=[[low], [high]], fmt="o", color=f"C{i}", capsize=3)
+                    bottom.errorbar(i + 0.2 * k, 100 * d[0], yerr=[[low], [high]], fmt="o", color=colour(i), capsize=3)
         first = next(iter(mine.values()))
         checked = first["adherence"] is not None
         teacher = (100 * (first["teacher"] if checked else 1), 100 * (_y(first)["in_context"] - _y(first)["base"]))

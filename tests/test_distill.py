@@ -108,6 +108,15 @@ def test_checkpoint_is_selected_on_validation_never_on_test(tiny_model, prompts_
     best = max(chosen["validation_rates"].values())
     assert chosen["validation_rates"][chosen["step"]] == best
     assert "validation" in chosen["rule"]
+    earliest = distill_prompt(
+        _cfg(tiny_model, prompts_file, tmp_path / "early", "train.save_every=1"),
+        _plan(validation_prompts=str(validation), select="earliest", ood={}),
+        progress=False,
+    )["checkpoint"]
+    assert earliest["rule"].startswith("the earliest within one standard error of the best on validation")
+    rates = {int(k): v for k, v in earliest["validation_rates"].items()}
+    top = max(rates.values())
+    assert earliest["step"] == min(s for s, r in rates.items() if r >= top - (top * (1 - top) / 4) ** 0.5 - 1e-12)
 
 
 def test_the_earliest_rule_takes_the_first_checkpoint_within_one_standard_error_of_the_best(tmp_path):
