@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.study_goal import goal_rows  # noqa: E402
 from opcd.core.data import Example  # noqa: E402
 from opcd.core.models import cache_dir  # noqa: E402
-from opcd.recipes.pipeline import like_interval, paired_interval, split_by_behaviour  # noqa: E402
+from opcd.recipes.stats import like_interval, paired_interval, split_by_behaviour  # noqa: E402
 from opcd.tasks import build_scorer  # noqa: E402
 from opcd.tasks.conflicts import conflicts  # noqa: E402
 from opcd.tasks.ood import instruction_items  # noqa: E402

@@ -120,7 +120,8 @@ def test_checkpoint_is_selected_on_validation_never_on_test(tiny_model, prompts_
 
 
 def test_the_earliest_rule_takes_the_first_checkpoint_within_one_standard_error_of_the_best(tmp_path):
-    from opcd.recipes.pipeline import best_checkpoint, rate_margin
+    from opcd.recipes.pipeline import best_checkpoint
+    from opcd.recipes.stats import rate_margin
 
     found = [(step, tmp_path / str(step)) for step in (10, 20, 30, 40)]
     rates = {10: 0.70, 20: 0.925, 30: 0.90, 40: 0.95}

@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
-from opcd.recipes.pipeline import like_interval, ood_results, paired_interval, split_by_behaviour
+from opcd.recipes.pipeline import ood_results
 from opcd.recipes.report import ood_table
+from opcd.recipes.stats import like_interval, paired_interval, split_by_behaviour
 from opcd.tasks.conflicts import conflicting_ids, conflicts
 from opcd.tasks.ood import OodItem, instruction_items
 

@@ -10,7 +10,7 @@ from opcd.config import Config
 from opcd.core import models
 from opcd.core.data import shared_context
 from opcd.games.episodes import VALIDATION_SEEDS, game_renderer, success_rate
-from opcd.recipes.pipeline import rate_margin
+from opcd.recipes.stats import rate_margin
 
 
 class GameYardstick:

@@ -18,8 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
-
 from opcd.config import Config, RolloutConfig, validate
 from opcd.core import models, rundir
 from opcd.core.checkpoint import check_resumable, list_checkpoints
@@ -34,6 +32,7 @@ from opcd.evaluate import out_of_distribution
 from opcd.io import cached, write_json, write_text
 from opcd.recipes.export import write_card
 from opcd.recipes.report import BASE, IN_CONTEXT, METHOD_NAMES, plot, report
+from opcd.recipes.stats import like_interval, paired_interval, passes, split_by_behaviour, unflagged
 from opcd.tasks.ood import OodItem, instruction_items, ood_digest
 from opcd.versions import software
 
@@ -95,11 +94,6 @@ def best_checkpoint(
         top = max(rates.values())
         best = min(s for s, rate in rates.items() if rate >= top - margin(top) - 1e-12)
     return best, dict(found)[best], rates
-
-
-def rate_margin(rate: float, n: int) -> float:
-    """One standard error of a rate measured on `n` items (0 without items)."""
-    return (rate * (1 - rate) / n) ** 0.5 if n else 0.0
 
 
 def weights_mtime(model_dir: Path) -> float:
@@ -236,12 +230,12 @@ def ood_results(
             measured = {"base": base["ood"][name], **({"in_context": teacher} if teacher else {}), "student": s}
             flags = [conflict(item) for item in instruction_items(s["n"])]
             row["conflict_split"] = {
-                part: {who: _passes(m["passed"], flags, want) for who, m in measured.items()}
+                part: {who: passes(m["passed"], flags, want) for who, m in measured.items()}
                 for part, want in (("conflicting", True), ("other", False))
             }
             if not all(flags):  # each model's paired difference from the base on the prompts that measure damage
                 row["other_minus_base"] = {
-                    who: paired_interval(_unflagged(measured["base"]["passed"], flags), _unflagged(m["passed"], flags))
+                    who: paired_interval(unflagged(measured["base"]["passed"], flags), unflagged(m["passed"], flags))
                     for who, m in measured.items()
                     if who != "base"
                 }
@@ -257,47 +251,6 @@ def ood_results(
             )
         out[name] = row
     return out
-
-
-def paired_interval(base: list[bool], other: list[bool], draws: int = 2000) -> list[float]:
-    """`other`'s rate minus `base`'s on the same items, with a 95 % paired bootstrap interval (items resampled, the
-    two answers to an item kept together; a fixed seed): [difference, low, high]."""
-    diff = np.asarray(other, dtype=float) - np.asarray(base, dtype=float)
-    means = diff[np.random.default_rng(0).integers(0, len(diff), (draws, len(diff)))].mean(1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return [float(diff.mean()), float(low), float(high)]
-
-
-def like_interval(
-    teacher: list[bool], teacher_shows: list[bool], student: list[bool], student_shows: list[bool], draws: int = 2000
-) -> list[float] | None:
-    """Like with like: the student's rate among its answers that show the behaviour minus the teacher's among its own,
-    with a 95 % bootstrap interval (prompts resampled, both models' answers to a prompt kept together; a fixed seed):
-    [difference, low, high], or None where either model never shows the behaviour."""
-    t, ts, u, us = (np.asarray(x, dtype=float) for x in (teacher, teacher_shows, student, student_shows))
-    if not ts.any() or not us.any():
-        return None
-    pick = np.random.default_rng(0).integers(0, len(t), (draws, len(t)))
-    with np.errstate(invalid="ignore", divide="ignore"):  # a draw where one model shows nothing: left out (NaN)
-        diffs = (u * us)[pick].sum(1) / us[pick].sum(1) - (t * ts)[pick].sum(1) / ts[pick].sum(1)
-    low, high = np.nanpercentile(diffs, [2.5, 97.5])
-    return [float((u * us).sum() / us.sum() - (t * ts).sum() / ts.sum()), float(low), float(high)]
-
-
-def _unflagged(passed: list[bool], flags: list[bool]) -> list[bool]:
-    return [ok for ok, flag in zip(passed, flags, strict=True) if not flag]
-
-
-def _passes(passed: list[bool], flags: list[bool], want: bool) -> list[int]:
-    """[passes, answers] among the items whose flag is `want`."""
-    chosen = [ok for ok, flag in zip(passed, flags, strict=True) if flag == want]
-    return [sum(chosen), len(chosen)]
-
-
-def split_by_behaviour(passed: list[bool], shows: list[bool]) -> dict:
-    """{"shows": [passes, answers], "not": [passes, answers]}: the suite's passes among answers with the behaviour
-    and among those without."""
-    return {"shows": _passes(passed, shows, True), "not": _passes(passed, shows, False)}
 
 
 def gap_summary(base: dict, student: dict) -> dict:

@@ -26,7 +26,8 @@ from opcd.core.teachers import Teacher
 from opcd.errors import OpcdError
 from opcd.evaluate import score
 from opcd.io import cached
-from opcd.recipes.pipeline import OOD_DEFAULT, distill_and_measure, preflight, rate_margin, teacher_model
+from opcd.recipes.pipeline import OOD_DEFAULT, distill_and_measure, preflight, teacher_model
+from opcd.recipes.stats import rate_margin
 from opcd.tasks import build_scorer, is_grader
 from opcd.tasks.conflicts import conflicting_ids, conflicts
 
