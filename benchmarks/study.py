@@ -103,7 +103,7 @@ CELLS = {
     # added 2026-12-05 (00:55), before any of its runs, after `x40` had closed 60-69 % of the persona's gap (20 steps:
     # 45-53 %): does the gap keep closing with steps? Run on the persona only
     "lora r8 lr3e-4 x80": ["model.lora_rank=8", "train.lr=3e-4", "train.steps=80"],
-    # added 2026-12-05 (02:10), before any of its runs: `x40` with the step chosen on the 40 validation prompts
+    # added 2026-12-05 (01:42), before any of its runs: `x40` with the step chosen on the 40 validation prompts
     # (`opcd:generic_val`, written today, disjoint from the training and test prompts) from checkpoints 10, 20, 30 and
     # 40: the earliest within one standard error of the best adherence (`--select earliest`), so that a behaviour
     # learned by step 20 keeps what the later steps cost. Run on the checker behaviours with generic prompts (french,

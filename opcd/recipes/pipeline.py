@@ -117,13 +117,10 @@ def choose_checkpoint(run: Path, yard: Yardstick) -> tuple[int, Path, dict]:
             run / "eval", f"validation-{step}", key, lambda: yard.validate(str(path / "model"), f"step {step}")
         )
 
-    if yard.select == "earliest":
-        best, path, rates = best_checkpoint(found, score, yard.margin)
-        rule = f"the earliest within one standard error of the best on {yard.validation}"
-    else:
-        best, path, rates = best_checkpoint(found, score)
-        rule = f"best on {yard.validation}"
-    return best, path, {"rule": rule, "validation_rates": rates}
+    earliest = yard.select == "earliest"
+    best, path, rates = best_checkpoint(found, score, yard.margin if earliest else None)
+    rule = "the earliest within one standard error of the best" if earliest else "best"
+    return best, path, {"rule": f"{rule} on {yard.validation}", "validation_rates": rates}
 
 
 def measure_ood(model_path: str, cfg: Config, suites: dict, renderer: PromptRenderer, context: str = "") -> dict:
