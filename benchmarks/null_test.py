@@ -55,6 +55,12 @@ CELLS = {
         "train.prompts_per_step=16",
         "train.micro_batch_size=16",
     ],
+    # added 2026-12-05 (04:35), before their runs, with the defaults study's cells of the same names. The preset's KL
+    # rises within 2-3 steps to a level it then keeps (0.007-0.012 at lr 3e-4, 0.002 at 1e-4: about the rate squared),
+    # so a rate falling to 0 by step 20 should bring it back; 6e-4 gives the same summed rate as a constant 3e-4.
+    # "Holds" is fixed now: the mean KL of steps 16-20 at most 3x step 1's on both seeds (lr 1e-4: 2.1-2.2x)
+    "lora r8 lr3e-4 cosine": ["model.lora_rank=8", "train.lr=3e-4", "train.lr_schedule=cosine"],
+    "lora r8 lr6e-4 cosine": ["model.lora_rank=8", "train.lr=6e-4", "train.lr_schedule=cosine"],
 }
 
 

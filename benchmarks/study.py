@@ -109,6 +109,14 @@ CELLS = {
     # learned by step 20 keeps what the later steps cost. Run on the checker behaviours with generic prompts (french,
     # numbered, brief); the persona's validation score would be its gap
     "lora r8 lr3e-4 x40 val": ["model.lora_rank=8", "train.lr=3e-4", "train.steps=40"],
+    # added 2026-12-05 (04:35), before any of their runs, with the null test's cells of the same names: the preset's
+    # rate falling to 0 by step 20 (cosine after the 2 warmup steps), at the preset's peak and at twice it (the same
+    # summed rate as the preset). Fixed before the runs: both run French; the one that holds the null test (steps 16-20
+    # at most 3x step 1, both seeds) with the higher mean French adherence (tie: 3e-4) then runs the list and the word
+    # limit, and the persona if time allows. It replaces the preset only if it holds the null test, keeps French at
+    # 90 % of the teacher on both seeds, and meets at least as many goal criteria as the preset on what it ran
+    "lora r8 lr3e-4 cosine": ["model.lora_rank=8", "train.lr=3e-4", "train.lr_schedule=cosine"],
+    "lora r8 lr6e-4 cosine": ["model.lora_rank=8", "train.lr=6e-4", "train.lr_schedule=cosine"],
 }
 CELL_OPTIONS = {"lora r8 lr3e-4 x40 val": ["--validation-prompts", "opcd:generic_val", "--select", "earliest"]}
 
