@@ -61,6 +61,10 @@ CELLS = {
     # "Holds" is fixed now: the mean KL of steps 16-20 at most 3x step 1's on both seeds (lr 1e-4: 2.1-2.2x)
     "lora r8 lr3e-4 cosine": ["model.lora_rank=8", "train.lr=3e-4", "train.lr_schedule=cosine"],
     "lora r8 lr6e-4 cosine": ["model.lora_rank=8", "train.lr=6e-4", "train.lr_schedule=cosine"],
+    # added 2026-12-05 (05:00), before its runs, after the cosine cells had kept the KL at 0.004-0.010 while the rate
+    # fell to 0: is the preset's KL a plateau the rate sets, or a drift that grows with steps? Its first 20 steps are
+    # the preset's run (a constant rate); its summary's last five are steps 36-40
+    "lora r8 lr3e-4 x40": ["model.lora_rank=8", "train.lr=3e-4", "train.steps=40"],
 }
 
 

@@ -53,9 +53,15 @@ BEHAVIOURS = {  # name: (system prompt, checker)
     # problems (greedy, 320 tokens) and trained on its own problems with 128-token rollouts, twice compare_prompts.py's
     # 64, which cut the format's worked answers
     "legs": ((ROOT / "opcd" / "assets" / "contexts" / "legs.txt").read_text().strip(), "number"),
+    # added 2026-12-05 (05:00), before any run of its own: the null test's neutral context through the whole yardstick,
+    # to see what the preset's KL plateau (0.006-0.013 nats/token at steps 16-20 of the null test) costs on the suites.
+    # Fixed now: it holds if 0 lies inside the student's paired 95 % interval against the base on GSM8K and on the
+    # instruction suite, on both seeds. No checker; its gap column is the ~0.001 nats/token the context moves
+    "null": ("You are a helpful assistant.", None),
 }
 WHO = ("base", "in_context", "student")  # the three models each suite scores
 TASKS = {  # a behaviour that is a task: its own prompts, test problems and budgets (options, overrides)
+    "null": ([], ["loss.min_kl=0"]),  # not a task: the guard against a context that changes nothing, turned off
     "legs": (
         [
             "--prompts",
