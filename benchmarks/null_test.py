@@ -65,6 +65,21 @@ CELLS = {
     # fell to 0: is the preset's KL a plateau the rate sets, or a drift that grows with steps? Its first 20 steps are
     # the preset's run (a constant rate); its summary's last five are steps 36-40
     "lora r8 lr3e-4 x40": ["model.lora_rank=8", "train.lr=3e-4", "train.steps=40"],
+    # added 2026-12-05 (04:50), before their runs, with the study's cells of the same names: each step's rate times the
+    # share of its gradient that its two micro-batches of 4 agree on (`train.lr_by_signal`, opcd/core/signal.py), at
+    # the preset's rate and at 1e-3 (on a tiny model the share of a context being learned fell from 0.8 to 0.2-0.4)
+    "lora r8 lr3e-4 signal": [
+        "model.lora_rank=8",
+        "train.lr=3e-4",
+        "train.lr_by_signal=true",
+        "train.micro_batch_size=4",
+    ],
+    "lora r8 lr1e-3 signal": [
+        "model.lora_rank=8",
+        "train.lr=1e-3",
+        "train.lr_by_signal=true",
+        "train.micro_batch_size=4",
+    ],
 }
 
 
@@ -91,6 +106,7 @@ def summary(rows: list[dict]) -> dict:
         "growth": statistics.mean(kl[-5:]) / max(kl[0], 1e-9),
         "grad_norm": statistics.mean(r["optim/grad_norm"] for r in rows[2:]),
         "truncated": statistics.mean(r["rollout/truncated"] for r in rows),
+        **({"signal": [r["optim/signal"] for r in rows]} if "optim/signal" in rows[0] else {}),
     }
 
 
@@ -101,14 +117,16 @@ def write(results: dict) -> None:
         f'Null test: `opcd train configs/system_prompt.toml "data.context={NEUTRAL}" loss.min_kl=0` plus each cell\'s '
         "overrides; reverse KL to the teacher on each step's own samples (nats/token).",
         "",
-        "| cell | seed | KL step 1 | KL steps 16–20 | ratio | grad norm (steps 3–20) | rollouts cut at 32 tokens |",
-        "|---|---|---|---|---|---|---|",
+        "| cell | seed | KL step 1 | KL last 5 steps | ratio | grad norm (step 3 on) | rollouts cut at 32 tokens "
+        "| signal share (mean) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for key, s in sorted(results.items()):
         cell, seed = key.rsplit("/", 1)
+        share = f"{statistics.mean(s['signal']):.2f}" if "signal" in s else "–"
         lines.append(
             f"| {cell} | {seed} | {s['kl_first']:.4f} | {s['kl_last5']:.4f} | {s['growth']:.1f}× | "
-            f"{s['grad_norm']:.2f} | {s['truncated']:.0%} |"
+            f"{s['grad_norm']:.2f} | {s['truncated']:.0%} | {share} |"
         )
     (RESULTS / "null_test.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -121,16 +139,18 @@ def plot(results: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(9, 5))
     cells = sorted({key.rsplit("/", 1)[0] for key in results})
+    colour = plt.get_cmap("tab20")
     for i, cell in enumerate(cells):
         runs = [s for key, s in sorted(results.items()) if key.rsplit("/", 1)[0] == cell]
         for j, s in enumerate(runs):
-            ax.plot(range(1, len(s["kl"]) + 1), s["kl"], color=f"C{i}", alpha=0.8, label=cell if j == 0 else None)
+            ax.plot(range(1, len(s["kl"]) + 1), s["kl"], color=colour(i), alpha=0.8, label=cell if j == 0 else None)
+    ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("reverse KL to the teacher (nats/token)")
     ax.set_title(f'Null test: distilling "{NEUTRAL}" (one line per seed)')
-    ax.legend()
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(RESULTS / "null_test.png", dpi=120)
 

@@ -123,6 +123,22 @@ CELLS = {
     # 90 % of the teacher on both seeds, and meets at least as many goal criteria as the preset on what it ran
     "lora r8 lr3e-4 cosine": ["model.lora_rank=8", "train.lr=3e-4", "train.lr_schedule=cosine"],
     "lora r8 lr6e-4 cosine": ["model.lora_rank=8", "train.lr=6e-4", "train.lr_schedule=cosine"],
+    # added 2026-12-05 (04:50), before any of their runs, after neither cosine cell had held the null test (4.5-27x;
+    # French was not run): each step's rate times the share of its gradient that its two micro-batches agree on
+    # (`train.lr_by_signal`), at the preset's rate and at 1e-3. The same rule as for the cosine cells decides which
+    # runs past French and whether it replaces the preset
+    "lora r8 lr3e-4 signal": [
+        "model.lora_rank=8",
+        "train.lr=3e-4",
+        "train.lr_by_signal=true",
+        "train.micro_batch_size=4",
+    ],
+    "lora r8 lr1e-3 signal": [
+        "model.lora_rank=8",
+        "train.lr=1e-3",
+        "train.lr_by_signal=true",
+        "train.micro_batch_size=4",
+    ],
 }
 CELL_OPTIONS = {"lora r8 lr3e-4 x40 val": ["--validation-prompts", "opcd:generic_val", "--select", "earliest"]}
 

@@ -101,6 +101,7 @@ class TrainConfig:
     adam_eps: float = 1e-8  # AdamW ε: gradients far below it move their weights in proportion, not by the full rate
     warmup_steps: int = 0  # linear warmup (the paper: none)
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"  # after warmup; linear/cosine fall toward 0
+    lr_by_signal: bool = False  # times the share of the step's gradient its micro-batches agree on (core/signal.py)
     max_grad_norm: float = 1.0
     seed: int = 0
     save_every: int = 2  # steps between checkpoints (0 = only the final one)
@@ -346,6 +347,12 @@ def validate(cfg: Config) -> None:
             "data.user_template must contain {context} and {prompt}",
         ),
         (bool(cfg.data.prompts), "data.prompts is not set: give a JSONL file of prompts"),
+        (
+            not t.lr_by_signal or t.prompts_per_step * r.samples_per_prompt >= 2 * t.micro_batch_size,
+            f"train.lr_by_signal compares a step's micro-batches: it needs at least 2, so set train.micro_batch_size "
+            f"to at most half of train.prompts_per_step x rollout.samples_per_prompt "
+            f"({t.prompts_per_step * r.samples_per_prompt})",
+        ),
         (
             not t.eval_every or bool(t.eval_prompts),
             f"train.eval_every = {t.eval_every} needs train.eval_prompts: held-out prompts to measure the gap on",

@@ -82,6 +82,21 @@ def test_two_processes_take_the_same_steps_as_one(how, one_process_run, tiny_mod
     assert not torch.equal(_weights(one, 1)["model.embed_tokens.weight"], wa["model.embed_tokens.weight"])
 
 
+def test_the_rate_by_signal_is_the_same_over_two_processes(tiny_model, prompts_file, tmp_path):
+    """Each rank measures its own micro-batches' parts; summed over ranks they are the one process's parts."""
+    config = _config(tmp_path, tiny_model, prompts_file)
+    one, two = tmp_path / "one", tmp_path / "two"
+    signal = ("train.lr_by_signal=true", "train.steps=2", "rollout.batch_size=2")
+    assert main(["train", str(config), f"train.run_dir={one}", *signal]) == 0
+    done = _launch(config, f"train.run_dir={two}", *signal)
+    assert done.returncode == 0, done.stderr[-2000:]
+    a, b = _metrics(one), _metrics(two)
+    assert [r["optim/signal"] for r in a] == pytest.approx([r["optim/signal"] for r in b], rel=1e-4)
+    assert all(0 < r["optim/signal"] < 1 for r in a)
+    wa, wb = _weights(one, 2), _weights(two, 2)
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
+
+
 def test_a_batch_that_does_not_split_over_the_processes_is_refused(tiny_model, prompts_file, tmp_path):
     config = _config(tmp_path, tiny_model, prompts_file)
     done = _launch(config, f"train.run_dir={tmp_path / 'r'}", "train.steps=1", "train.prompts_per_step=3")

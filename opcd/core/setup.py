@@ -89,6 +89,11 @@ def check_fsdp(cfg: Config, source: RolloutSource | None) -> None:
         ),
         (cfg.rollout.engine == "vllm", "vLLM rollouts need the whole weights on each rank: launch without FSDP"),
         (
+            cfg.train.lr_by_signal,
+            "train.lr_by_signal reads each micro-batch's whole gradient, which FSDP shards and averages as it goes: "
+            "set it to false or launch without FSDP (DDP)",
+        ),
+        (
             cfg.loss.teacher_share > 0,
             "loss.teacher_share gives ranks different numbers of student samples per step, which sharded sampling "
             "cannot follow: set it to 0 or launch without FSDP (DDP)",

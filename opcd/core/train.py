@@ -27,6 +27,7 @@ from opcd.core.losses import backward_chunked, reduction_weights, reward_to_go
 from opcd.core.rollout import HFSampler, Policy, Rollout, RolloutSource, autocast, step_seed
 from opcd.core.scoring import make_batch, response_hidden, response_logits_whole
 from opcd.core.setup import Run, set_up
+from opcd.core.signal import GradientParts, signal_share
 from opcd.errors import OpcdError
 from opcd.versions import software
 
@@ -120,9 +121,11 @@ def _heads(run: Run, timers: dict[str, float]):
     return student_head, teacher_head
 
 
-def backward(run: Run, rollouts: list[Rollout], tokens: int, sequences: int, timers: dict) -> dict[str, float]:
+def backward(
+    run: Run, rollouts: list[Rollout], tokens: int, sequences: int, timers: dict, parts: GradientParts | None = None
+) -> dict[str, float]:
     """Score and backpropagate this rank's rollouts micro-batch by micro-batch, weighted by the step's totals;
-    returns this rank's sums of the loss and the diagnostics."""
+    returns this rank's sums of the loss and the diagnostics. `parts`, if given, measures each micro-batch's share."""
     cfg, pad = run.cfg, run.tokenizer.pad_token_id
     temp, dtype = cfg.rollout.temperature, cfg.model.dtype
     token_loss = objectives.token_loss(cfg.loss, temp)
@@ -145,6 +148,8 @@ def backward(run: Run, rollouts: list[Rollout], tokens: int, sequences: int, tim
         with autocast(dtype, run.device):  # under FSDP: the logits themselves (see student_head)
             s_hidden = (response_logits_whole if run.ranks.fsdp else response_hidden)(run.student, s_batch)
         heads, ids = (student_head, teacher_head), s_batch.response_ids
+        if parts is not None:
+            parts.before()
         by_teacher = torch.tensor([r.by_teacher for r in micro], device=run.device)
         loss_fn = objectives.mixed_loss(cfg.loss, temp, by_teacher) if by_teacher.any() else token_loss
         kl_in_values = objectives.is_full_reverse_kl(cfg.loss) and not by_teacher.any()
@@ -163,6 +168,8 @@ def backward(run: Run, rollouts: list[Rollout], tokens: int, sequences: int, tim
             s_hidden, t_hidden, *heads, ids, grad_weights, loss_fn, cfg.loss.chunk_size,
             on_chunk=_diagnostics(sums, mask, cfg, kl=not kl_in_values),
         )  # fmt: skip
+        if parts is not None:
+            parts.after()
         sums["loss"] += (values * weights).sum().item()
         if kl_in_values:  # the loss values are the KL itself: no second pass for it
             sums["kl_full"] += (values * mask).sum().item()
@@ -170,23 +177,27 @@ def backward(run: Run, rollouts: list[Rollout], tokens: int, sequences: int, tim
     return sums
 
 
-def update(run: Run, step: int) -> tuple[float, float, bool]:
-    """Sum the ranks' gradients, clip, set the step's learning rate and step AdamW unless the norm is non-finite;
-    returns (grad norm, lr, whether the step was taken)."""
+def update(run: Run, step: int, parts: GradientParts | None = None) -> tuple[float, float, bool, float]:
+    """Sum the ranks' gradients, clip, set the step's learning rate (times the gradient's signal share, given the
+    micro-batches' `parts`) and step AdamW unless the norm is non-finite; returns (grad norm, lr, whether the step
+    was taken, signal share)."""
     t = run.cfg.train
+    if parts is not None:  # every rank's parts, before the gradients are summed
+        parts.squares, parts.count = run.ranks.sum([parts.squares, parts.count])
     run.ranks.sum_grads(run.params)  # every rank now holds the whole step's gradient
     grad_norm = torch.nn.utils.clip_grad_norm_(run.params, t.max_grad_norm if t.max_grad_norm > 0 else math.inf)
     if hasattr(grad_norm, "full_tensor"):  # FSDP: a replicated DTensor
         grad_norm = grad_norm.full_tensor()
     finite = bool(torch.isfinite(grad_norm))
-    lr = lr_at(t, step)
+    share = signal_share(parts.squares, int(parts.count), float(grad_norm) ** 2) if parts and finite else 1.0
+    lr = lr_at(t, step) * share
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     if finite:
         run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     run.teacher.after_step()
-    return float(grad_norm), lr, finite
+    return float(grad_norm), lr, finite, share
 
 
 def lr_at(t: TrainConfig, step: int) -> float:
@@ -283,14 +294,15 @@ def loop(run: Run, progress: bool = True) -> Path:
         local = [sum(len(r.response) for r in rollouts), sum(not r.finished for r in rollouts), len(rollouts)]
         tokens, unfinished, sequences, *counted = (int(v) for v in ranks.sum(local + list(counts.values())))
 
-        sums = backward(run, rollouts, tokens, sequences, timers)
+        parts = GradientParts(run.params) if t.lr_by_signal else None
+        sums = backward(run, rollouts, tokens, sequences, timers, parts)
         names = ["loss", "kl_full", "topk_mass"]
         sums.update(zip(names, ranks.sum([sums[n] for n in names]), strict=True))
         kl = sums["kl_full"] / max(tokens, 1)
         _check_first_kl(run, step, kl)
 
         began = time.perf_counter()
-        grad_norm, lr, finite = update(run, step)
+        grad_norm, lr, finite, share = update(run, step, parts)
         timers["optimizer"] = time.perf_counter() - began
         step_time = time.perf_counter() - step_began
 
@@ -302,6 +314,7 @@ def loop(run: Run, progress: bool = True) -> Path:
             "rollout/truncated": unfinished / sequences,
             "optim/grad_norm": grad_norm,
             "optim/lr": lr,
+            **({"optim/signal": share} if parts else {}),
             "optim/skipped": float(not finite),
             **{f"time/{k}": v for k, v in timers.items()},
             "time/other": step_time - sum(timers.values()),
