@@ -55,17 +55,17 @@ CELLS = {
         "train.prompts_per_step=16",
         "train.micro_batch_size=16",
     ],
-    # added 2026-12-05 (04:35), before their runs, with the defaults study's cells of the same names. The preset's KL
+    # added 2026-12-05 (04:22), before their runs, with the defaults study's cells of the same names. The preset's KL
     # rises within 2-3 steps to a level it then keeps (0.007-0.012 at lr 3e-4, 0.002 at 1e-4: about the rate squared),
     # so a rate falling to 0 by step 20 should bring it back; 6e-4 gives the same summed rate as a constant 3e-4.
     # "Holds" is fixed now: the mean KL of steps 16-20 at most 3x step 1's on both seeds (lr 1e-4: 2.1-2.2x)
     "lora r8 lr3e-4 cosine": ["model.lora_rank=8", "train.lr=3e-4", "train.lr_schedule=cosine"],
     "lora r8 lr6e-4 cosine": ["model.lora_rank=8", "train.lr=6e-4", "train.lr_schedule=cosine"],
-    # added 2026-12-05 (05:00), before its runs, after the cosine cells had kept the KL at 0.004-0.010 while the rate
+    # added 2026-12-05 (04:34), before its runs, after the cosine cells had kept the KL at 0.004-0.010 while the rate
     # fell to 0: is the preset's KL a plateau the rate sets, or a drift that grows with steps? Its first 20 steps are
     # the preset's run (a constant rate); its summary's last five are steps 36-40
     "lora r8 lr3e-4 x40": ["model.lora_rank=8", "train.lr=3e-4", "train.steps=40"],
-    # added 2026-12-05 (04:50), before their runs, with the study's cells of the same names: each step's rate times the
+    # added 2026-12-05 (04:44), before their runs, with the study's cells of the same names: each step's rate times the
     # share of its gradient that its two micro-batches of 4 agree on (`train.lr_by_signal`, opcd/core/signal.py), at
     # the preset's rate and at 1e-3 (on a tiny model the share of a context being learned fell from 0.8 to 0.2-0.4)
     "lora r8 lr3e-4 signal": [

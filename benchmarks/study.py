@@ -53,7 +53,7 @@ BEHAVIOURS = {  # name: (system prompt, checker)
     # problems (greedy, 320 tokens) and trained on its own problems with 128-token rollouts, twice compare_prompts.py's
     # 64, which cut the format's worked answers
     "legs": ((ROOT / "opcd" / "assets" / "contexts" / "legs.txt").read_text().strip(), "number"),
-    # added 2026-12-05 (05:00), before any run of its own: the null test's neutral context through the whole yardstick,
+    # added 2026-12-05 (04:34), before any run of its own: the null test's neutral context through the whole yardstick,
     # to see what the preset's KL plateau (0.006-0.013 nats/token at steps 16-20 of the null test) costs on the suites.
     # Fixed now: it holds if 0 lies inside the student's paired 95 % interval against the base on GSM8K and on the
     # instruction suite, on both seeds. No checker; its gap column is the ~0.001 nats/token the context moves
@@ -115,7 +115,7 @@ CELLS = {
     # learned by step 20 keeps what the later steps cost. Run on the checker behaviours with generic prompts (french,
     # numbered, brief); the persona's validation score would be its gap
     "lora r8 lr3e-4 x40 val": ["model.lora_rank=8", "train.lr=3e-4", "train.steps=40"],
-    # added 2026-12-05 (04:35), before any of their runs, with the null test's cells of the same names: the preset's
+    # added 2026-12-05 (04:22), before any of their runs, with the null test's cells of the same names: the preset's
     # rate falling to 0 by step 20 (cosine after the 2 warmup steps), at the preset's peak and at twice it (the same
     # summed rate as the preset). Fixed before the runs: both run French; the one that holds the null test (steps 16-20
     # at most 3x step 1, both seeds) with the higher mean French adherence (tie: 3e-4) then runs the list and the word
@@ -123,7 +123,7 @@ CELLS = {
     # 90 % of the teacher on both seeds, and meets at least as many goal criteria as the preset on what it ran
     "lora r8 lr3e-4 cosine": ["model.lora_rank=8", "train.lr=3e-4", "train.lr_schedule=cosine"],
     "lora r8 lr6e-4 cosine": ["model.lora_rank=8", "train.lr=6e-4", "train.lr_schedule=cosine"],
-    # added 2026-12-05 (04:50), before any of their runs, after neither cosine cell had held the null test (4.5-27x;
+    # added 2026-12-05 (04:44), before any of their runs, after neither cosine cell had held the null test (4.5-27x;
     # French was not run): each step's rate times the share of its gradient that its two micro-batches agree on
     # (`train.lr_by_signal`), at the preset's rate and at 1e-3. The same rule as for the cosine cells decides which
     # runs past French and whether it replaces the preset
