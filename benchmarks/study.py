@@ -229,6 +229,7 @@ def run_cell(behaviour: str, name: str, seed: int, work: Path) -> dict:
     return summary(r) | {
         "gsm8k_minus_base": _gsm8k_minus_base(r, run_dir),
         "other_minus_base": _other_minus_base(r, run_dir, check),
+        "instructions_minus_base": r["ood"]["instructions"].get("minus_base", {}).get("student"),
         "like_minus_teacher": _like_minus_teacher(r, run_dir, check),
     }
 
@@ -266,7 +267,9 @@ def write(results: dict) -> None:
         "greedy; the in-context teacher in brackets). Out of distribution: base / in-context teacher / student. "
         "Like with like: instruction following among the answers that show the behaviour, teacher / student (– where "
         "none does), then (where the answers are kept) student − teacher in points with a 95 % bootstrap interval "
-        "over the prompts. Non-conflicting: base / teacher / student, then (where the per-prompt answers are kept) the "
+        "over the prompts. Instructions, for a behaviour without a conflict rule: then the student − base in points "
+        "with a 95 % paired bootstrap interval over the 120 prompts, where the run recorded it. Non-conflicting: base "
+        "/ teacher / student, then (where the per-prompt answers are kept) the "
         "student − base in points with a 95 % paired bootstrap interval over those prompts. GSM8K student − base: "
         "points, with a 95 % paired bootstrap interval over the 100 problems.",
         "",
@@ -278,6 +281,8 @@ def write(results: dict) -> None:
         behaviour, cell, seed = key.split("/")
         trio = " / ".join(f"{s['instructions'][k]:.1%}" for k in WHO)
         other = " / ".join(f"{s['other'][k]:.1%}" for k in WHO) if s["other"] else "–"
+        if not s["other"] and s.get("instructions_minus_base"):  # no conflict rule: the whole suite's interval
+            trio += f" ({_interval(s['instructions_minus_base'])})"
         if s.get("other_minus_base"):
             other += f" ({_interval(s['other_minus_base'])})"
         gsm = " / ".join(f"{s['gsm8k'][k]:.0%}" for k in WHO)
