@@ -93,7 +93,7 @@ class TrainConfig:
     run_dir: str = "runs/opcd"
     steps: int = 50
     prompts_per_step: int = 128
-    micro_batch_size: int = 8  # sequences per forward/backward; does not change the result
+    micro_batch_size: int = 8  # sequences per forward/backward; does not change the result (but see lr_by_signal)
     lr: float = 5e-6
     weight_decay: float = 0.01
     beta1: float = 0.9
@@ -330,6 +330,7 @@ def validate(cfg: Config) -> None:
     """Checks that need no model, before anything loads; what needs one is checked in `train` before step 1."""
     check_ranges(cfg)
     t, r, l = cfg.train, cfg.rollout, cfg.loss
+    rollouts = t.prompts_per_step * r.samples_per_prompt
     checks = [
         (
             r.engine == "hf" or l.mode == "opcd",
@@ -348,10 +349,20 @@ def validate(cfg: Config) -> None:
         ),
         (bool(cfg.data.prompts), "data.prompts is not set: give a JSONL file of prompts"),
         (
-            not t.lr_by_signal or t.prompts_per_step * r.samples_per_prompt >= 2 * t.micro_batch_size,
-            f"train.lr_by_signal compares a step's micro-batches: it needs at least 2, so set train.micro_batch_size "
-            f"to at most half of train.prompts_per_step x rollout.samples_per_prompt "
-            f"({t.prompts_per_step * r.samples_per_prompt})",
+            not t.lr_by_signal or (rollouts >= 2 * t.micro_batch_size and rollouts % t.micro_batch_size == 0),
+            f"train.lr_by_signal compares a step's micro-batches: it needs 2 or more of the same size, so set "
+            f"train.micro_batch_size ({t.micro_batch_size}) to a divisor of the step's {rollouts} rollouts "
+            "(train.prompts_per_step x rollout.samples_per_prompt) at most half of it",
+        ),
+        (
+            not t.lr_by_signal or t.micro_batch_size % r.samples_per_prompt == 0,
+            f"train.lr_by_signal needs each prompt's {r.samples_per_prompt} samples in one micro-batch: make "
+            "train.micro_batch_size a multiple of rollout.samples_per_prompt",
+        ),
+        (
+            not (t.lr_by_signal and l.teacher_share),
+            "train.lr_by_signal takes a step's micro-batches to be alike, and loss.teacher_share puts the teacher's "
+            "answers in the first ones: set one of them off",
         ),
         (
             not t.eval_every or bool(t.eval_prompts),

@@ -32,14 +32,15 @@ def test_the_share_is_one_when_the_parts_agree_and_near_zero_when_they_are_unrel
 
 
 def test_gradient_parts_measure_each_micro_batch_share_of_the_accumulated_gradient():
-    weight = torch.nn.Parameter(torch.zeros(3))
-    parts = GradientParts([weight])
-    for x in (torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 2.0, 0.0])):
+    weight, frozen = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2), requires_grad=False)
+    parts = GradientParts([weight, frozen])
+    for x in (torch.tensor([1.0, 0.0, 0.0]), torch.tensor([1.0, 2.0, 0.0])):
         parts.before()
         (weight * x).sum().backward()
         parts.after()
-    assert parts.count == 2 and parts.squares == pytest.approx(1.0 + 4.0)
-    assert weight.grad.tolist() == [1.0, 2.0, 0.0]  # the accumulated gradient itself is untouched
+    # each part's own square (1, then 1 + 4), not the accumulated gradient's (1, then 4 + 4)
+    assert parts.count == 2 and parts.squares == pytest.approx(1.0 + 5.0)
+    assert weight.grad.tolist() == [2.0, 2.0, 0.0]  # the accumulated gradient itself is untouched
 
 
 def test_the_rate_by_signal_scales_each_step_and_still_learns_the_toy_context(tmp_path, tiny_model, prompts_file):
@@ -67,12 +68,30 @@ def test_the_rate_by_signal_scales_each_step_and_still_learns_the_toy_context(tm
     assert min(kl[-3:]) < 0.7 * kl[0], kl
 
 
-def test_the_rate_by_signal_needs_two_micro_batches(tmp_path, tiny_model, prompts_file):
-    overrides = tiny_overrides(
-        tiny_model,
-        prompts_file,
-        tmp_path / "run",
-        **{"train.lr_by_signal": True, "train.prompts_per_step": 4, "train.micro_batch_size": 4},
-    )
-    with pytest.raises(OpcdError, match="train.lr_by_signal .* at least 2"):
+def test_the_share_is_measured_before_the_norm_clip(tmp_path, tiny_model, prompts_file):
+    """The parts are the unclipped micro-batch gradients, so the share must compare them with the unclipped sum: a
+    clip that shrinks the gradient 1000-fold leaves step 1's share as it was."""
+    overrides = {"train.steps": 1, "train.prompts_per_step": 4, "train.micro_batch_size": 2, "train.lr_by_signal": True}
+    shares = []
+    for clip in (0, 1e-3):
+        cfg = load_config(None, tiny_overrides(tiny_model, prompts_file, tmp_path / f"clip{clip}", **overrides,
+                                               **{"train.max_grad_norm": clip}))  # fmt: skip
+        row = read_metrics(train(cfg, progress=False) / "metrics.jsonl")[0]
+        assert row["optim/grad_norm"] > 1e-2  # so a clip at 1e-3 does shrink it
+        shares.append(row["optim/signal"])
+    assert 0 < shares[0] < 1 and shares[1] == pytest.approx(shares[0], rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"train.prompts_per_step": 4, "train.micro_batch_size": 4}, "2 or more of the same size"),
+        ({"train.prompts_per_step": 8, "train.micro_batch_size": 3}, "2 or more of the same size"),
+        ({"rollout.samples_per_prompt": 2, "train.micro_batch_size": 1}, "each prompt's 2 samples in one"),
+        ({"loss.teacher_share": 0.5, "loss.estimator": "full"}, "loss.teacher_share puts"),
+    ],
+)
+def test_what_the_rate_by_signal_cannot_compare_is_refused(tmp_path, tiny_model, prompts_file, settings, message):
+    overrides = tiny_overrides(tiny_model, prompts_file, tmp_path / "run", **{"train.lr_by_signal": True, **settings})
+    with pytest.raises(OpcdError, match=message):
         validate(load_config(None, overrides))

@@ -189,7 +189,7 @@ def update(run: Run, step: int, parts: GradientParts | None = None) -> tuple[flo
     if hasattr(grad_norm, "full_tensor"):  # FSDP: a replicated DTensor
         grad_norm = grad_norm.full_tensor()
     finite = bool(torch.isfinite(grad_norm))
-    share = signal_share(parts.squares, int(parts.count), float(grad_norm) ** 2) if parts and finite else 1.0
+    share = 1.0 if parts is None or not finite else signal_share(parts.squares, int(parts.count), float(grad_norm) ** 2)
     lr = lr_at(t, step) * share
     for group in run.optimizer.param_groups:
         group["lr"] = lr
@@ -295,6 +295,11 @@ def loop(run: Run, progress: bool = True) -> Path:
         tokens, unfinished, sequences, *counted = (int(v) for v in ranks.sum(local + list(counts.values())))
 
         parts = GradientParts(run.params) if t.lr_by_signal else None
+        if parts is not None and len(rollouts) % t.micro_batch_size:
+            raise OpcdError(
+                f"train.lr_by_signal needs micro-batches of the same size: this process has {len(rollouts)} "
+                f"rollouts a step; make train.micro_batch_size ({t.micro_batch_size}) divide it"
+            )
         sums = backward(run, rollouts, tokens, sequences, timers, parts)
         names = ["loss", "kl_full", "topk_mass"]
         sums.update(zip(names, ranks.sum([sums[n] for n in names]), strict=True))
@@ -314,7 +319,7 @@ def loop(run: Run, progress: bool = True) -> Path:
             "rollout/truncated": unfinished / sequences,
             "optim/grad_norm": grad_norm,
             "optim/lr": lr,
-            **({"optim/signal": share} if parts else {}),
+            **({"optim/signal": share} if parts is not None and finite else {}),
             "optim/skipped": float(not finite),
             **{f"time/{k}": v for k, v in timers.items()},
             "time/other": step_time - sum(timers.values()),
