@@ -339,7 +339,8 @@ def plot(results: dict) -> None:
         teacher = (100 * (first["teacher"] if checked else 1), 100 * (_y(first)["in_context"] - _y(first)["base"]))
         top.scatter(*teacher, color="black", marker="*", s=120, label="in-context teacher")
         top.axhline(0, color="grey", lw=0.8)
-        top.set_xlim(-5, 105)
+        lowest = min((100 * _x(s) for s in mine.values()), default=0)  # a gap that grew (`null`) closes below 0
+        top.set_xlim(min(-5, lowest - 50), 105)
         top.set_xlabel("adherence without the prompt (%)" if checked else "context gap closed (reverse KL, %)")
         top.set_ylabel(f"{'non-conflicting ' if first['other'] else 'all 120 '}instructions − base (points)")
         gsm = first["gsm8k"]
