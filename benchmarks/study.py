@@ -139,10 +139,10 @@ CELLS = {
         "train.lr_by_signal=true",
         "train.micro_batch_size=4",
     ],
-    # added 2026-12-05 (05:55), before its runs, with the null test's cell of the same name, after the rate by signal had held
-    # the null test at 3e-4 and learned no French in 20 steps there (mean share 0.25-0.30): twice that rate for twice
-    # the steps, about the preset's summed rate. Fixed now: it runs French (40 steps) only if it holds the null test
-    # (at most 3x over its last 5 steps, both seeds); it cannot replace the preset on French alone
+    # added 2026-12-05 (05:55), before its runs, with the null test's cell of the same name, after the rate by signal
+    # had held the null test at 3e-4 and learned no French in 20 steps there (mean share 0.25-0.30): twice that rate for
+    # twice the steps, about the preset's summed rate. Fixed now: it runs French (40 steps) only if it holds the null
+    # test (at most 3x over its last 5 steps, both seeds); it cannot replace the preset on French alone
     "lora r8 lr6e-4 signal x40": [
         "model.lora_rank=8",
         "train.lr=6e-4",
