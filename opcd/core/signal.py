@@ -33,12 +33,13 @@ class GradientParts:
         self._kept = [None if p.grad is None else p.grad.detach().clone() for p in self.params]
 
     def after(self) -> None:
-        total = 0.0
+        sums = []  # one float64 sum a weight, read back once: not one device sync per weight
         for p, kept in zip(self.params, self._kept, strict=True):
             if p.grad is not None:
                 part = p.grad.detach() if kept is None else p.grad.detach() - kept
-                total += float(part.float().pow(2).sum())
-        self.squares += total
+                sums.append(part.float().pow(2).sum().double())
+        if sums:
+            self.squares += float(torch.stack([s.to(sums[0].device) for s in sums]).sum())
         self.count += 1
         self._kept = []
 
