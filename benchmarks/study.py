@@ -150,6 +150,14 @@ CELLS = {
         "train.lr_by_signal=true",
         "train.micro_batch_size=4",
     ],
+    # added 2026-12-05 (07:01), before their runs, with the null test's cells of the same names: the preset, its rate
+    # times min(1, step KL / kappa) (`train.full_rate_kl`; Polyak's rule for a loss whose least value is 0), kappa 0.01
+    # (10x loss.min_kl) and 0.02 (below every step KL, min 0.023, of the study's preset behaviour runs' first 20
+    # steps, so those runs are unchanged by it). Fixed now: the smaller kappa that holds the null test (at most 3x over
+    # its last 5 steps, both seeds) runs the study's `null` (its rule) and French; it replaces the preset if French's
+    # step KLs equal the preset's (then the other behaviours' runs are the preset's) and `null` holds its rule
+    "lora r8 lr3e-4 klrate1e-2": ["model.lora_rank=8", "train.lr=3e-4", "train.full_rate_kl=0.01"],
+    "lora r8 lr3e-4 klrate2e-2": ["model.lora_rank=8", "train.lr=3e-4", "train.full_rate_kl=0.02"],
 }
 CELL_OPTIONS = {"lora r8 lr3e-4 x40 val": ["--validation-prompts", "opcd:generic_val", "--select", "earliest"]}
 

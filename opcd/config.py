@@ -102,6 +102,7 @@ class TrainConfig:
     warmup_steps: int = 0  # linear warmup (the paper: none)
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"  # after warmup; linear/cosine fall toward 0
     lr_by_signal: bool = False  # times the share of the step's gradient its micro-batches agree on (core/signal.py)
+    full_rate_kl: float = 0.0  # below this step KL (nats/token) the rate shrinks in proportion to it (0 = never)
     max_grad_norm: float = 1.0
     seed: int = 0
     save_every: int = 2  # steps between checkpoints (0 = only the final one)
@@ -258,6 +259,7 @@ RANGES: dict[str, tuple] = {
     "train.beta1": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "train.beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "train.adam_eps": (lambda v: v > 0, "> 0"),
+    "train.full_rate_kl": (lambda v: v >= 0, ">= 0 (0 = the full rate at any KL)"),
     "experience.temperature": (lambda v: v >= 0, ">= 0 (0 = the paper's for the task)"),
     "experience.top_p": (lambda v: 0 <= v <= 1, "in [0, 1] (0 = the paper's for the task)"),
     "experience.top_k": (lambda v: v >= 0, ">= 0 (0 = no top-k cut)"),
@@ -363,6 +365,11 @@ def validate(cfg: Config) -> None:
             not (t.lr_by_signal and l.teacher_share),
             "train.lr_by_signal takes a step's micro-batches to be alike, and loss.teacher_share puts the teacher's "
             "answers in the first ones: set one of them off",
+        ),
+        (
+            not t.full_rate_kl or l.mode != "sft",
+            f"train.full_rate_kl scales the rate by the step's KL to the teacher, which loss.mode = '{l.mode}' does "
+            "not measure: use loss.mode = 'opcd' or 'offpolicy', or set train.full_rate_kl = 0",
         ),
         (
             not t.eval_every or bool(t.eval_prompts),

@@ -177,10 +177,12 @@ def backward(
     return sums
 
 
-def update(run: Run, step: int, parts: GradientParts | None = None) -> tuple[float, float, bool, float]:
+def update(
+    run: Run, step: int, parts: GradientParts | None = None, kl: float = math.inf
+) -> tuple[float, float, bool, float]:
     """Sum the ranks' gradients, clip, set the step's learning rate (times the gradient's signal share, given the
-    micro-batches' `parts`) and step AdamW unless the norm is non-finite; returns (grad norm, lr, whether the step
-    was taken, signal share)."""
+    micro-batches' `parts`, and times `rate_by_kl` of the step's KL) and step AdamW unless the norm is non-finite;
+    returns (grad norm, lr, whether the step was taken, signal share)."""
     t = run.cfg.train
     if parts is not None:  # every rank's parts, before the gradients are summed
         parts.squares, parts.count = run.ranks.sum([parts.squares, parts.count])
@@ -190,7 +192,7 @@ def update(run: Run, step: int, parts: GradientParts | None = None) -> tuple[flo
         grad_norm = grad_norm.full_tensor()
     finite = bool(torch.isfinite(grad_norm))
     share = 1.0 if parts is None or not finite else signal_share(parts.squares, int(parts.count), float(grad_norm) ** 2)
-    lr = lr_at(t, step) * share
+    lr = lr_at(t, step) * share * rate_by_kl(t, kl)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     if finite:
@@ -209,6 +211,16 @@ def lr_at(t: TrainConfig, step: int) -> float:
     span = max(1, t.steps - t.warmup_steps)
     done = min(1.0, (step - t.warmup_steps - 1) / span)  # 0 at the first step after warmup
     return t.lr * ((1 - done) if t.lr_schedule == "linear" else 0.5 * (1 + math.cos(math.pi * done)))
+
+
+def rate_by_kl(t: TrainConfig, kl: float) -> float:
+    """The share of the rate a step whose student is `kl` nats/token from the teacher takes: all of it at or above
+    `train.full_rate_kl`, in proportion below. The reverse KL's least value is 0, so a step that has little left to
+    close takes a step as small (Polyak's rule); AdamW's normalized step would otherwise take the full rate on what
+    is mostly sampling noise (the null test, docs/results.md)."""
+    if not t.full_rate_kl or not math.isfinite(kl):
+        return 1.0
+    return min(1.0, max(kl, 0.0) / t.full_rate_kl)
 
 
 def _check_first_kl(run: Run, step: int, kl: float) -> None:
@@ -307,7 +319,7 @@ def loop(run: Run, progress: bool = True) -> Path:
         _check_first_kl(run, step, kl)
 
         began = time.perf_counter()
-        grad_norm, lr, finite, share = update(run, step, parts)
+        grad_norm, lr, finite, share = update(run, step, parts, kl)
         timers["optimizer"] = time.perf_counter() - began
         step_time = time.perf_counter() - step_began
 
@@ -320,6 +332,7 @@ def loop(run: Run, progress: bool = True) -> Path:
             "optim/grad_norm": grad_norm,
             "optim/lr": lr,
             **({"optim/signal": share} if parts is not None and finite else {}),
+            **({"optim/rate_by_kl": rate_by_kl(t, kl)} if t.full_rate_kl else {}),
             "optim/skipped": float(not finite),
             **{f"time/{k}": v for k, v in timers.items()},
             "time/other": step_time - sum(timers.values()),
