@@ -99,6 +99,9 @@ CELLS = {
     # step KLs equal the preset's (then the other behaviours' runs are the preset's) and `null` holds its rule
     "lora r8 lr3e-4 klrate1e-2": ["model.lora_rank=8", "train.lr=3e-4", "train.full_rate_kl=0.01"],
     "lora r8 lr3e-4 klrate2e-2": ["model.lora_rank=8", "train.lr=3e-4", "train.full_rate_kl=0.02"],
+    # added 2026-12-05 (07:15), before its runs, after both LoRA cells above had held: the rate by KL (0.01) on full
+    # fine-tuning, `opcd train`'s paper settings, whose drift (the `default` cell) is 4-5x LoRA's. Not a study cell
+    "klrate 1e-2": ["train.full_rate_kl=0.01"],
 }
 
 
