@@ -102,6 +102,14 @@ CELLS = {
     # added 2026-12-05 (07:15), before its runs, after both LoRA cells above had held: the rate by KL (0.01) on full
     # fine-tuning, `opcd train`'s paper settings, whose drift (the `default` cell) is 4-5x LoRA's. Not a study cell
     "klrate 1e-2": ["train.full_rate_kl=0.01"],
+    # added 2026-12-05 (07:31), before its runs, after the 0.01 cell had held for 20 steps: does it hold for 40, where
+    # the preset's drift grew to 21-23x (`lora r8 lr3e-4 x40`)? Its summary's last five steps are 36-40
+    "lora r8 lr3e-4 klrate1e-2 x40": [
+        "model.lora_rank=8",
+        "train.lr=3e-4",
+        "train.full_rate_kl=0.01",
+        "train.steps=40",
+    ],
 }
 
 
