@@ -99,9 +99,13 @@ CELLS = {
     # step KLs equal the preset's (then the other behaviours' runs are the preset's) and `null` holds its rule
     "lora r8 lr3e-4 klrate1e-2": ["model.lora_rank=8", "train.lr=3e-4", "train.full_rate_kl=0.01"],
     "lora r8 lr3e-4 klrate2e-2": ["model.lora_rank=8", "train.lr=3e-4", "train.full_rate_kl=0.02"],
-    # added 2026-12-05 (07:15), before its runs, after both LoRA cells above had held: the rate by KL (0.01) on full
+    # added 2026-12-05 (07:14), before its runs, after both LoRA cells above had held: the rate by KL (0.01) on full
     # fine-tuning, `opcd train`'s paper settings, whose drift (the `default` cell) is 4-5x LoRA's. Not a study cell
     "klrate 1e-2": ["train.full_rate_kl=0.01"],
+    # added 2026-12-05 (07:42), before its runs, after `klrate 1e-2` seed 0 had not held (0.0012 -> 0.048: at 12-66 %
+    # of full fine-tuning's rate the first steps already pushed the KL past 0.01, and from there the rate is full):
+    # ten times the floor. With the study's cell of the same name (French, only if this holds, both seeds)
+    "klrate 1e-1": ["train.full_rate_kl=0.1"],
     # added 2026-12-05 (07:31), before its runs, after the 0.01 cell had held for 20 steps: does it hold for 40, where
     # the preset's drift grew to 21-23x (`lora r8 lr3e-4 x40`)? Its summary's last five steps are 36-40
     "lora r8 lr3e-4 klrate1e-2 x40": [

@@ -76,9 +76,9 @@ TASKS = {  # a behaviour that is a task: its own prompts, test problems and budg
         ["rollout.max_new_tokens=128"],
     ),
 }
-# the preset the study started from (`distill-prompt`'s default until the study chose LoRA rank 8 at lr 3e-4),
-# under every cell, so that a cell means the same runs whatever the preset is now
-FULL = ["model.lora_rank=0", "train.lr=1e-5"]
+# the preset the study started from (`distill-prompt`'s default until the study chose LoRA rank 8 at lr 3e-4, and
+# the rate by KL), under every cell, so that a cell means the same runs whatever the preset is now
+FULL = ["model.lora_rank=0", "train.lr=1e-5", "train.full_rate_kl=0"]
 CELLS = {
     "full": [],  # full fine-tuning at lr 1e-5: ε 1e-8, grad norm clipped at 1 (called `default` until the switch)
     "eps 1e-4": ["train.adam_eps=1e-4", "train.max_grad_norm=0"],  # the null test's fix
@@ -158,6 +158,10 @@ CELLS = {
     # step KLs equal the preset's (then the other behaviours' runs are the preset's) and `null` holds its rule
     "lora r8 lr3e-4 klrate1e-2": ["model.lora_rank=8", "train.lr=3e-4", "train.full_rate_kl=0.01"],
     "lora r8 lr3e-4 klrate2e-2": ["model.lora_rank=8", "train.lr=3e-4", "train.full_rate_kl=0.02"],
+    # added 2026-12-05 (07:42), before its runs, with the null test's cell of the same name: full fine-tuning with the
+    # rate by KL below 0.1. Fixed now: it runs French only if it holds the null test (at most 3x, both seeds); it is
+    # guidance for full fine-tuning (docs/methods.md), not a candidate for the preset (LoRA)
+    "klrate 1e-1": ["train.full_rate_kl=0.1"],
 }
 CELL_OPTIONS = {"lora r8 lr3e-4 x40 val": ["--validation-prompts", "opcd:generic_val", "--select", "earliest"]}
 

@@ -10,6 +10,7 @@ from opcd.config import TrainConfig, load_config, validate
 from opcd.core.metrics import read_metrics
 from opcd.core.train import lr_at, rate_by_kl, train
 from opcd.errors import OpcdError
+from opcd.recipes.system_prompt import preset
 
 from .conftest import TOY_CONTEXT, make_tiny_model, tiny_overrides
 
@@ -79,3 +80,15 @@ def test_a_mode_that_measures_no_kl_is_refused(tmp_path, tiny_model, prompts_fil
         validate(load_config(None, [*overrides, "loss.mode=sft"]))
     with pytest.raises(OpcdError, match="train.full_rate_kl"):
         validate(load_config(None, [*overrides, "train.full_rate_kl=-1"]))
+
+
+def test_the_preset_slows_the_rate_by_kl_except_for_sft_which_measures_none(tmp_path, tiny_model, prompts_file):
+    for method, floor in (("opcd", 0.01), ("offpolicy", 0.01), ("sft", 0.0)):
+        overrides = [
+            *preset(method),
+            *tiny_overrides(tiny_model, prompts_file, tmp_path / "run"),
+            f"loss.mode={method}",
+        ]
+        cfg = load_config(None, overrides)
+        validate(cfg)
+        assert cfg.train.full_rate_kl == floor
