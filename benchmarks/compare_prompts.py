@@ -84,6 +84,7 @@ def _cell(out: Path, name: str, method: str, seed: int, steps: int, ood: dict, l
         [
             *PRESET,
             "model.lora_rank=0",  # full fine-tuning, as measured (the preset has since chosen LoRA)
+            "train.full_rate_kl=0",  # and, as measured, no rate by KL
             "model.student=qwen2.5-coder-0.5b-instruct",
             f"data.prompts={task.get('train', 'opcd:generic_train')}",
             f"data.context={context}",

@@ -24,7 +24,7 @@ from opcd.core.checkpoint import step_dir
 from opcd.errors import OpcdError
 from opcd.io import write_text
 from opcd.recipes.pipeline import OOD_DEFAULT
-from opcd.recipes.system_prompt import EvalPlan, distill_prompt, preset
+from opcd.recipes.system_prompt import PRESET, EvalPlan, distill_prompt
 
 HELD_OUT = 0.1  # without test_prompts: this share of the prompts (at least 4) is held out for the test split
 
@@ -138,7 +138,7 @@ def distill(
         if len(prompts) < n_test + 1:
             raise OpcdError(f"prompts: {len(prompts)} are too few to hold out {n_test} for testing; give test_prompts")
         prompts, test_prompts = _split_off(prompts, n_test)
-    overrides = [] if config else preset(method)
+    overrides = [] if config else list(PRESET)
     overrides += [f"model.student={name}"]
     overrides += [f"model.teacher={teacher}"] if teacher else []
     overrides += [f"loss.mode={method}"] if method else []

@@ -25,7 +25,7 @@ from opcd.recipes.demo import run_demo
 from opcd.recipes.export import export
 from opcd.recipes.pipeline import OOD_DEFAULT
 from opcd.recipes.report import BASE
-from opcd.recipes.system_prompt import EvalPlan, distill_prompt, preset
+from opcd.recipes.system_prompt import PRESET, EvalPlan, distill_prompt
 from opcd.versions import __version__, software
 
 
@@ -144,7 +144,7 @@ def _distill(args) -> None:
     cfg = load_config(
         args.config,
         [
-            *([] if args.config else preset(args.method)),
+            *([] if args.config else PRESET),
             *context,
             *chosen,
             *args.overrides,

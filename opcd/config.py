@@ -102,7 +102,7 @@ class TrainConfig:
     warmup_steps: int = 0  # linear warmup (the paper: none)
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"  # after warmup; linear/cosine fall toward 0
     lr_by_signal: bool = False  # times the share of the step's gradient its micro-batches agree on (core/signal.py)
-    full_rate_kl: float = 0.0  # below this step KL (nats/token) the rate shrinks in proportion to it (0 = never)
+    full_rate_kl: float = 0.0  # below this step KL (nats/token) the rate shrinks in proportion (0 = never; sft: never)
     max_grad_norm: float = 1.0
     seed: int = 0
     save_every: int = 2  # steps between checkpoints (0 = only the final one)
@@ -365,11 +365,6 @@ def validate(cfg: Config) -> None:
             not (t.lr_by_signal and l.teacher_share),
             "train.lr_by_signal takes a step's micro-batches to be alike, and loss.teacher_share puts the teacher's "
             "answers in the first ones: set one of them off",
-        ),
-        (
-            not t.full_rate_kl or l.mode != "sft",
-            f"train.full_rate_kl scales the rate by the step's KL to the teacher, which loss.mode = '{l.mode}' does "
-            "not measure: use loss.mode = 'opcd' or 'offpolicy', or set train.full_rate_kl = 0",
         ),
         (
             not t.eval_every or bool(t.eval_prompts),

@@ -215,9 +215,10 @@ def lr_at(t: TrainConfig, step: int) -> float:
 
 def rate_by_kl(t: TrainConfig, kl: float) -> float:
     """The share of the rate a step whose student is `kl` nats/token from the teacher takes: all of it at or above
-    `train.full_rate_kl`, in proportion below. The reverse KL's least value is 0, so a step that has little left to
-    close takes a step as small (Polyak's rule); AdamW's normalized step would otherwise take the full rate on what
-    is mostly sampling noise (the null test, docs/results.md)."""
+    `train.full_rate_kl`, in proportion below (all of it where no KL is measured: `kl` infinite). The reverse KL's
+    least value is 0, so a step with little left to close takes a step as small, in the spirit of Polyak's step size;
+    AdamW's normalized step would otherwise take the full rate on what is mostly sampling noise (the null test,
+    docs/results.md)."""
     if not t.full_rate_kl or not math.isfinite(kl):
         return 1.0
     return min(1.0, max(kl, 0.0) / t.full_rate_kl)
@@ -319,7 +320,7 @@ def loop(run: Run, progress: bool = True) -> Path:
         _check_first_kl(run, step, kl)
 
         began = time.perf_counter()
-        grad_norm, lr, finite, share = update(run, step, parts, kl)
+        grad_norm, lr, finite, share = update(run, step, parts, kl if run.mode.uses_teacher_logits else math.inf)
         timers["optimizer"] = time.perf_counter() - began
         step_time = time.perf_counter() - step_began
 
@@ -332,7 +333,7 @@ def loop(run: Run, progress: bool = True) -> Path:
             "optim/grad_norm": grad_norm,
             "optim/lr": lr,
             **({"optim/signal": share} if parts is not None and finite else {}),
-            **({"optim/rate_by_kl": rate_by_kl(t, kl)} if t.full_rate_kl else {}),
+            **({"optim/rate_by_kl": rate_by_kl(t, kl)} if t.full_rate_kl and run.mode.uses_teacher_logits else {}),
             "optim/skipped": float(not finite),
             **{f"time/{k}": v for k, v in timers.items()},
             "time/other": step_time - sum(timers.values()),
