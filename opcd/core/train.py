@@ -320,7 +320,8 @@ def loop(run: Run, progress: bool = True) -> Path:
         _check_first_kl(run, step, kl)
 
         began = time.perf_counter()
-        grad_norm, lr, finite, share = update(run, step, parts, kl if run.mode.uses_teacher_logits else math.inf)
+        measured = kl if run.mode.uses_teacher_logits else math.inf  # sft measures no KL: the schedule's rate
+        grad_norm, lr, finite, share = update(run, step, parts, measured)
         timers["optimizer"] = time.perf_counter() - began
         step_time = time.perf_counter() - step_began
 
@@ -333,7 +334,7 @@ def loop(run: Run, progress: bool = True) -> Path:
             "optim/grad_norm": grad_norm,
             "optim/lr": lr,
             **({"optim/signal": share} if parts is not None and finite else {}),
-            **({"optim/rate_by_kl": rate_by_kl(t, kl)} if t.full_rate_kl and run.mode.uses_teacher_logits else {}),
+            **({"optim/rate_by_kl": rate_by_kl(t, measured)} if t.full_rate_kl and math.isfinite(measured) else {}),
             "optim/skipped": float(not finite),
             **{f"time/{k}": v for k, v in timers.items()},
             "time/other": step_time - sum(timers.values()),
